@@ -1,0 +1,3 @@
+from allkit.cli.main import main
+
+raise SystemExit(main())
