@@ -151,7 +151,7 @@ def build_cache(
     try:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(frame), size, size, 3))
 
-        def work(i: int) -> tuple[int, str | None]:
+        def work(i: int, images=images) -> tuple[int, str | None]:
             try:
                 images[i] = _decode(frame.at[i, "path"], size, crop_ratio)
                 return i, None

@@ -25,14 +25,15 @@ class CellDataset(Dataset):
         self.cache = cache
         self.frame = (cache.frame if frame is None else frame).reset_index(drop=True)
         self.rows = cache.rows(frame)
-        self.labels = torch.as_tensor(self.frame["label"].to_numpy(), dtype=torch.long)
+        self.labels = torch.tensor(self.frame["label"].to_numpy(), dtype=torch.long)
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def _pixels(self, rows) -> torch.Tensor:
-        array = np.ascontiguousarray(self.cache.images[rows])
+        # A single row of the read-only memory map is a view: copy it so torch gets writable memory.
+        array = np.require(self.cache.images[rows], requirements=["C", "W"])
         return torch.from_numpy(array).movedim(-1, -3)  # NHWC -> NCHW
 
     def __getitem__(self, index: int):

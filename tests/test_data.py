@@ -1,0 +1,441 @@
+"""allkit.data: discovery, bad input, splits and the leakage guard, the cache, loaders, root resolution."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from allkit.data import (
+    CellDataset,
+    IncompleteDataWarning,
+    SyntheticDataWarning,
+    build_cache,
+    check_leakage,
+    load_cnmc,
+    make_loader,
+    make_split,
+    parse_cell_name,
+    resolve_data_root,
+    safe_extract,
+    split_by_subject,
+    split_cells,
+    split_paper,
+)
+from allkit.errors import DataError, SubjectLeakageError
+from allkit.transforms import decode_for_cache
+
+
+def copy_fold(synthetic_root: Path, dest: Path, fold: str = "fold_0") -> Path:
+    source = synthetic_root / "C-NMC_Leukemia" / "training_data" / fold
+    target = dest / fold
+    shutil.copytree(source, target)
+    shutil.copy(synthetic_root / "C-NMC_Leukemia" / "SYNTHETIC.md", target)  # still synthetic: no count warnings
+    return target
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def test_parse_cell_name_handles_case_and_rejects_others():
+    assert parse_cell_name("UID_h3_12_1_hem.bmp") == {"subject": "H3", "image": 12, "cell": 1, "class_name": "HEM"}
+    assert parse_cell_name("uid_57_29_2_ALL.png")["subject"] == "57"
+    assert parse_cell_name("cell_001.png") is None
+    assert parse_cell_name("UID_57_x_2_all.png") is None
+
+
+def test_full_layout_records(synthetic_root):
+    data = load_cnmc(synthetic_root)
+    frame = data.frame
+    assert data.layout == "full" and data.synthetic
+    assert list(frame.columns) == ["path", "label", "class_name", "subject", "fold", "split"]
+    assert set(frame["fold"]) == {"fold_0", "fold_1", "fold_2", "prelim"}
+    # one convention everywhere: ALL = 1, HEM = 0
+    assert (frame.loc[frame.class_name == "ALL", "label"] == 1).all()
+    assert (frame.loc[frame.class_name == "HEM", "label"] == 0).all()
+    hem_subjects = frame.loc[frame.label == 0, "subject"]
+    assert hem_subjects.str.startswith("H").all()
+    assert frame.groupby("subject")["fold"].nunique().max() == 1
+    assert len(data.unlabelled) > 0 and (data.unlabelled["label"] == -1).all()
+    # prelim subjects come from the CSV's Patient_ID, not from the renamed files
+    prelim = frame[frame.fold == "prelim"]
+    assert not prelim["subject"].str.isdigit().all() or prelim["subject"].nunique() >= 2
+    assert set(prelim["subject"]).isdisjoint(set(frame.loc[frame.fold != "prelim", "subject"]))
+
+
+@pytest.mark.parametrize("sub", ["", "C-NMC_Leukemia", "C-NMC_Leukemia/training_data",
+                                 "C-NMC_Leukemia/training_data/fold_1"])
+def test_accepts_any_level_of_the_layout(synthetic_root, sub):
+    data = load_cnmc(synthetic_root / sub)
+    expected = {"": "full", "C-NMC_Leukemia": "full", "C-NMC_Leukemia/training_data": "training",
+                "C-NMC_Leukemia/training_data/fold_1": "fold"}[sub]
+    assert data.layout == expected
+    assert set(data.frame["class_name"]) == {"ALL", "HEM"}
+    if sub.endswith("fold_1"):
+        assert set(data.frame["fold"]) == {"fold_1"}
+
+
+def test_nested_download_folder_is_found(synthetic_root, tmp_path):
+    nested = tmp_path / "datasets" / "versions" / "1"
+    shutil.copytree(synthetic_root / "C-NMC_Leukemia", nested / "C-NMC_Leukemia")
+    assert load_cnmc(tmp_path).root == nested / "C-NMC_Leukemia"
+
+
+def test_plain_class_folder_and_stray_files(synthetic_root, tmp_path):
+    folder = copy_fold(synthetic_root, tmp_path)
+    plain = tmp_path / "mycells"
+    folder.rename(plain)
+    for stray in (".DS_Store", "Thumbs.db", "notes.txt"):
+        (plain / "all" / stray).write_bytes(b"junk")
+    data = load_cnmc(plain)
+    assert data.layout == "classes"
+    assert not data.frame["path"].str.contains("DS_Store|Thumbs|notes").any()
+
+
+def test_mode_conversions_in_cache(synthetic_root, tmp_path):
+    folder = copy_fold(synthetic_root, tmp_path)
+    files = sorted((folder / "all").iterdir())[:4]
+    rgb = np.asarray(Image.open(files[0]).convert("RGB"))
+    Image.fromarray(rgb).convert("L").save(files[0])
+    Image.fromarray(rgb).convert("RGBA").save(files[1])
+    Image.fromarray(rgb).convert("P").save(files[2])
+    gray16 = (np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16) * 257)
+    image16 = Image.fromarray(gray16)
+    assert image16.mode.startswith("I;16")
+    image16.save(files[3])
+    data = load_cnmc(folder)
+    cache = build_cache(data.frame, size=32, cache_dir=tmp_path / "cache", progress=False)
+    assert cache.images.shape[1:] == (32, 32, 3)
+    got = cache.get(data.frame[data.frame.path == str(files[3])])[0]
+    expected = cache.get(data.frame[data.frame.path == str(files[0])])[0]
+    # a 16-bit grey image is scaled to 8 bits, not clipped to white
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    assert got.max() < 255 or expected.max() == 255
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_root():
+    with pytest.raises(DataError, match="does not exist"):
+        load_cnmc("/nonexistent/cnmc")
+
+
+def test_root_without_images(tmp_path):
+    (tmp_path / "all").mkdir()
+    (tmp_path / "hem").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        load_cnmc(tmp_path)
+    with pytest.raises(DataError, match="no C-NMC images found"):
+        load_cnmc(tmp_path / "all")
+
+
+def test_only_one_class(synthetic_root, tmp_path):
+    folder = copy_fold(synthetic_root, tmp_path)
+    shutil.rmtree(folder / "hem")
+    with pytest.raises(DataError, match="only one class present"):
+        load_cnmc(folder)
+
+
+@pytest.mark.parametrize("damage", ["zero", "garbage"])
+def test_unreadable_image_named_or_skipped(synthetic_root, tmp_path, damage):
+    folder = copy_fold(synthetic_root, tmp_path)
+    victim = sorted((folder / "hem").iterdir())[0]
+    victim.write_bytes(b"" if damage == "zero" else b"not an image at all")
+    with pytest.raises(DataError, match=victim.name):
+        load_cnmc(folder)
+    data = load_cnmc(folder, on_error="skip")
+    assert [b.path for b in data.bad_files] == [str(victim)]
+    assert str(victim) not in set(data.frame["path"])
+
+
+def test_truncated_image_caught_when_decoding(synthetic_root, tmp_path):
+    folder = copy_fold(synthetic_root, tmp_path)
+    victim = sorted((folder / "all").iterdir())[0]
+    payload = victim.read_bytes()
+    victim.write_bytes(payload[: len(payload) // 3])  # header intact, pixels cut
+    data = load_cnmc(folder)
+    with pytest.raises(DataError, match=victim.name):
+        build_cache(data.frame, size=32, cache_dir=tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob("*.tmp")), "a failed build must not leave temp files"
+    cache = build_cache(data.frame, size=32, cache_dir=tmp_path / "cache", on_error="skip", progress=False)
+    assert [b.path for b in cache.bad_files] == [str(victim)]
+    assert len(cache) == len(data.frame) - 1
+    with pytest.raises(DataError, match="not in the cache"):
+        CellDataset(cache, data.frame)
+
+
+def test_names_without_uid_refused_unless_allowed(synthetic_root, tmp_path):
+    folder = copy_fold(synthetic_root, tmp_path)
+    victim = sorted((folder / "all").iterdir())[0]
+    victim.rename(victim.with_name("cell_0001.png"))
+    with pytest.raises(DataError, match="UID_<subject>"):
+        load_cnmc(folder)
+    data = load_cnmc(folder, allow_unknown_subjects=True)
+    assert not data.subjects_known
+    with pytest.raises(DataError, match="no subject id"):
+        split_by_subject(data.frame)
+
+
+def test_name_class_must_match_folder(synthetic_root, tmp_path):
+    folder = copy_fold(synthetic_root, tmp_path)
+    victim = sorted((folder / "all").iterdir())[0]
+    shutil.move(victim, folder / "hem" / victim.name)
+    with pytest.raises(DataError, match="hem/ folder"):
+        load_cnmc(folder)
+
+
+def test_same_image_in_two_folds(synthetic_root, tmp_path):
+    shutil.copytree(synthetic_root / "C-NMC_Leukemia", tmp_path / "C-NMC_Leukemia")
+    training = tmp_path / "C-NMC_Leukemia" / "training_data"
+    victim = sorted((training / "fold_0" / "all").iterdir())[0]
+    shutil.copy(victim, training / "fold_1" / "all" / victim.name)
+    with pytest.raises(DataError, match="appears twice"):
+        load_cnmc(tmp_path)
+
+
+@pytest.fixture
+def prelim_copy(synthetic_root, tmp_path):
+    shutil.copytree(synthetic_root / "C-NMC_Leukemia", tmp_path / "C-NMC_Leukemia")
+    csv = tmp_path / "C-NMC_Leukemia" / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv"
+    return tmp_path, csv
+
+
+def test_prelim_csv_missing_column(prelim_copy):
+    root, csv = prelim_copy
+    pd.read_csv(csv).drop(columns=["labels"]).to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"missing column\(s\) \['labels'\]"):
+        load_cnmc(root)
+
+
+def test_prelim_csv_listed_file_absent(prelim_copy):
+    root, csv = prelim_copy
+    table = pd.read_csv(csv)
+    (csv.parent / "C-NMC_test_prelim_phase_data" / table.loc[0, "new_names"]).unlink()
+    with pytest.raises(DataError, match="does not exist"):
+        load_cnmc(root)
+
+
+def test_prelim_csv_bad_label(prelim_copy):
+    root, csv = prelim_copy
+    table = pd.read_csv(csv)
+    table.loc[1, "labels"] = 2
+    table.to_csv(csv, index=False)
+    with pytest.raises(DataError, match="line 3: label '2'"):
+        load_cnmc(root)
+
+
+# ---------------------------------------------------------------- splits
+
+
+def test_subject_split_has_no_leakage_and_both_classes(synthetic_root):
+    frame = load_cnmc(synthetic_root).frame
+    split = split_by_subject(frame[frame.fold != "prelim"], val_size=0.2, test_size=0.2, seed=1)
+    parts = split.parts()
+    for name, part in parts.items():
+        assert set(part["label"]) == {0, 1}, name
+    subjects = [set(p["subject"]) for p in parts.values()]
+    assert not (subjects[0] & subjects[1] or subjects[0] & subjects[2] or subjects[1] & subjects[2])
+    assert sum(len(p) for p in parts.values()) == (frame.fold != "prelim").sum()
+    again = split_by_subject(frame[frame.fold != "prelim"], val_size=0.2, test_size=0.2, seed=1)
+    assert again.test["path"].tolist() == split.test["path"].tolist()
+
+
+def test_leakage_guard_names_subjects():
+    frame = pd.DataFrame({"subject": ["1", "2", "H3"], "label": [1, 1, 0]})
+    with pytest.raises(SubjectLeakageError, match="H3") as info:
+        check_leakage({"train": frame, "test": frame[frame.subject == "H3"]})
+    assert info.value.subjects == ["H3"]
+
+
+def test_paper_protocol_and_leaky_variant(synthetic_root):
+    frame = load_cnmc(synthetic_root).frame
+    split = split_paper(frame, seed=0)
+    assert set(split.train["fold"]) == {"fold_0", "fold_1", "fold_2"}
+    assert set(split.val["fold"]) == set(split.test["fold"]) == {"prelim"}
+    assert set(split.val["subject"]).isdisjoint(split.test["subject"])
+    assert make_split(frame).protocol == "paper"
+    with pytest.raises(DataError, match="leaky=True"):
+        split_paper(frame, by_image=True)
+    leaky = split_paper(frame, by_image=True, leaky=True)
+    assert leaky.leaky and set(leaky.val["subject"]) & set(leaky.test["subject"])
+    with pytest.raises(SubjectLeakageError):
+        check_leakage({"val": leaky.val, "test": leaky.test})
+
+
+def test_image_split_needs_consent_and_leaks(synthetic_root):
+    frame = load_cnmc(synthetic_root).frame
+    with pytest.raises(DataError, match="leaky=True"):
+        split_cells(frame, by="image")
+    split = split_cells(frame, by="image", leaky=True, seed=0)
+    assert split.leaky and set(split.train["subject"]) & set(split.test["subject"])
+
+
+def test_too_few_subjects_is_a_clear_error(synthetic_root):
+    frame = load_cnmc(synthetic_root / "C-NMC_Leukemia" / "training_data" / "fold_0").frame
+    with pytest.raises(DataError, match="too few"):
+        split_by_subject(frame, val_size=0.3, test_size=0.3)
+
+
+# ---------------------------------------------------------------- cache and loader
+
+
+def test_cache_round_trip_and_reuse(synthetic_root, tmp_path):
+    frame = load_cnmc(synthetic_root).frame
+    cache = build_cache(frame, size=48, cache_dir=tmp_path, progress=False)
+    for i in (0, len(frame) // 2, len(frame) - 1):
+        with Image.open(frame.at[i, "path"]) as image:
+            fresh = decode_for_cache(image, size=48)
+        assert np.array_equal(cache.get(frame.iloc[[i]])[0], fresh)
+    mtime = cache.path.stat().st_mtime_ns
+    again = build_cache(frame, size=48, cache_dir=tmp_path, progress=False)
+    assert again.path == cache.path and again.path.stat().st_mtime_ns == mtime
+    assert not again.images.flags.writeable
+    assert build_cache(frame, size=40, cache_dir=tmp_path, progress=False).path != cache.path
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cache_rebuilds_when_a_file_changes(synthetic_root, tmp_path):
+    folder = copy_fold(synthetic_root, tmp_path)
+    frame = load_cnmc(folder).frame
+    first = build_cache(frame, size=32, cache_dir=tmp_path / "c", progress=False)
+    victim = Path(frame.at[0, "path"])
+    Image.new("RGB", (450, 450), (255, 0, 0)).save(victim)
+    second = build_cache(frame, size=32, cache_dir=tmp_path / "c", progress=False)
+    assert second.path != first.path
+    assert tuple(second.get(frame.iloc[[0]])[0, 16, 16]) == (255, 0, 0)
+
+
+def test_dataset_and_seeded_loader(synthetic_root, tmp_path):
+    frame = load_cnmc(synthetic_root).frame
+    cache = build_cache(frame, size=32, cache_dir=tmp_path, progress=False)
+    subset = frame[frame.fold == "fold_1"]
+    dataset = CellDataset(cache, subset)
+    image, label = dataset[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+    assert int(label) == subset.iloc[0]["label"]
+    order = [torch.cat([y for _, y in make_loader(dataset, batch_size=5, shuffle=True, seed=s)]) for s in (1, 1, 2)]
+    assert torch.equal(order[0], order[1])
+    xs = [x for x, _ in make_loader(dataset, batch_size=5, shuffle=True, seed=1)]
+    assert xs[0].shape == (5, 3, 32, 32) and xs[0].dtype == torch.uint8
+    assert sorted(torch.cat([y for _, y in make_loader(dataset, batch_size=7)]).tolist()) == sorted(subset.label)
+    # batched reads equal single reads
+    batch, labels = dataset.__getitems__([3, 1])
+    assert torch.equal(batch[0], dataset[3][0]) and torch.equal(batch[1], dataset[1][0])
+
+
+# ---------------------------------------------------------------- root resolution, download, CLI
+
+
+def test_resolution_order(synthetic_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("ALLKIT_DATA", str(synthetic_root))
+    assert resolve_data_root(tmp_path) == (tmp_path, "argument")
+    assert resolve_data_root() == (synthetic_root, "ALLKIT_DATA")
+    monkeypatch.setenv("ALLKIT_DATA", str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="ALLKIT_DATA"):
+        resolve_data_root()
+    monkeypatch.delenv("ALLKIT_DATA")
+    monkeypatch.setattr("allkit.data.paths.REPO_DATA", tmp_path / "empty")
+    with pytest.warns(SyntheticDataWarning):
+        path, source = resolve_data_root()
+    assert source == "synthetic" and load_cnmc(path).synthetic
+
+
+def test_download_without_network_gives_manual_steps(tmp_path, monkeypatch):
+    kagglehub = pytest.importorskip("kagglehub")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    from allkit.data import download_cnmc
+
+    with pytest.raises(DataError, match="(?s)download of andrewmvd/leukemia-classification failed.*ALLKIT_DATA"):
+        download_cnmc(tmp_path / "dest")
+
+
+def test_safe_extract_refuses_escape(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../outside.txt", "x")
+    with pytest.raises(DataError, match="outside"):
+        safe_extract(evil, tmp_path / "dest")
+    assert not (tmp_path / "outside.txt").exists()
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as zf:
+        zf.writestr("C-NMC_Leukemia/readme.txt", "x")
+    assert (safe_extract(good, tmp_path / "dest") / "C-NMC_Leukemia" / "readme.txt").exists()
+
+
+def test_expected_count_warning(synthetic_root, tmp_path):
+    fold = copy_fold(synthetic_root, tmp_path / "t" / "C-NMC_Leukemia" / "training_data", "fold_1")
+    (fold / "SYNTHETIC.md").unlink()  # pretend it is a real, incomplete download
+    with pytest.warns(IncompleteDataWarning, match="fold_1 has"):
+        data = load_cnmc(fold.parent)
+    assert any("fold_0" in note for note in data.notes)
+
+
+def run_cli(args, capsys):
+    from allkit.cli import main
+
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_data_check_json(synthetic_root, capsys):
+    code, out, _ = run_cli(["data", "check", str(synthetic_root), "--json"], capsys)
+    report = json.loads(out)
+    frame = load_cnmc(synthetic_root).frame
+    assert code == 0 and report["usable"] and report["synthetic"]
+    assert report["images"] == {"ALL": int((frame.label == 1).sum()), "HEM": int((frame.label == 0).sum())}
+    assert report["bad_files"] == [] and report["leakage"] == []
+
+
+def test_cli_data_check_errors_are_one_line(capsys):
+    code, out, err = run_cli(["data", "check", "/nonexistent/cnmc"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- the real fold-1 sample
+
+
+def test_real_sample_counts(real_root, capsys):
+    code, out, _ = run_cli(["data", "check", str(real_root), "--json", "--quick"], capsys)
+    report = json.loads(out)
+    assert code == 0
+    assert report["images"] == {"ALL": 2418, "HEM": 1163}
+    assert report["subjects"] == {"ALL": 11, "HEM": 3}
+    assert report["leakage"] == [] and not report["synthetic"]
+
+
+def test_real_sample_split_and_cache(real_root, tmp_path):
+    frame = load_cnmc(real_root).frame
+    assert {"H10", "H14", "H22"} == set(frame.loc[frame.label == 0, "subject"])
+    split = split_by_subject(frame, seed=42)
+    check_leakage(split.parts())
+    for part in split.parts().values():
+        assert set(part["label"]) == {0, 1}
+    sample = frame.groupby("subject").head(3).reset_index(drop=True)
+    cache = build_cache(sample, size=224, cache_dir=tmp_path, progress=False)
+    for i in range(0, len(sample), 7):
+        with Image.open(sample.at[i, "path"]) as image:
+            assert np.array_equal(cache.get(sample.iloc[[i]])[0], decode_for_cache(image, size=224))
+
+
+def test_real_sample_lowercase_subject_names(real_root, tmp_path):
+    hem = sorted((real_root / "C-NMC_Leukemia" / "training_data" / "fold_1" / "hem").iterdir())[:3]
+    alls = sorted((real_root / "C-NMC_Leukemia" / "training_data" / "fold_1" / "all").iterdir())[:3]
+    for sub, files in (("hem", hem), ("all", alls)):
+        (tmp_path / sub).mkdir()
+        for f in files:
+            shutil.copy(f, tmp_path / sub / f.name.replace("UID_H", "UID_h").replace("_hem", "_HEM"))
+    frame = load_cnmc(tmp_path).frame
+    assert set(frame.loc[frame.label == 0, "subject"]) == {f.name.split("_")[1] for f in hem}
