@@ -411,9 +411,15 @@ class BatchAugment(torch.nn.Module):
 # --------------------------------------------------------------------------------------------------------
 
 
-def _stats(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(IMAGENET_MEAN, dtype=like.dtype, device=like.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=like.dtype, device=like.device).view(3, 1, 1)
+Normalization = bool | tuple[Sequence[float], Sequence[float]]
+
+
+def _stats(like: torch.Tensor, normalize: Normalization = True) -> tuple[torch.Tensor, torch.Tensor]:
+    # True means ImageNet's statistics; a (mean, std) pair serves backbones trained with others
+    # (EfficientNet-Lite0: (x*255 - 127) / 128, see allkit.models.BackboneSpec.mean/std).
+    mean_values, std_values = (IMAGENET_MEAN, IMAGENET_STD) if normalize is True else normalize
+    mean = torch.tensor(mean_values, dtype=like.dtype, device=like.device).view(3, 1, 1)
+    std = torch.tensor(std_values, dtype=like.dtype, device=like.device).view(3, 1, 1)
     return mean, std
 
 
@@ -424,8 +430,11 @@ def _check_channels(batch: torch.Tensor, name: str) -> None:
         raise DataError(f"{name} expects [B, 3, H, W] or [3, H, W], got shape {tuple(batch.shape)}")
 
 
-def to_model_input(batch: torch.Tensor, normalize: bool = True, channels_last: bool = False) -> torch.Tensor:
+def to_model_input(batch: torch.Tensor, normalize: Normalization = True, channels_last: bool = False) -> torch.Tensor:
     """uint8 [B, 3, H, W] or [3, H, W] -> float32 in [0, 1] (-> ImageNet-normalised), on the same device.
+
+    ``normalize``: ``True`` (ImageNet mean/std), ``False`` (stay in [0, 1], as the paper's pipeline),
+    or a ``(mean, std)`` pair such as a backbone spec's ``(spec.mean, spec.std)``.
 
     Floating input is taken as already in [0, 1] (only cast to float32, then normalised if asked); other
     integer dtypes are scaled by their maximum. ``channels_last`` returns a 4-D result in
@@ -435,19 +444,21 @@ def to_model_input(batch: torch.Tensor, normalize: bool = True, channels_last: b
     if batch.dtype == torch.bool:
         raise DataError("to_model_input expects uint8 or floating images, got dtype torch.bool")
     out = F.to_dtype(torch.as_tensor(batch), torch.float32, scale=True)
-    if normalize:
-        mean, std = _stats(out)
+    if normalize is not False:
+        mean, std = _stats(out, normalize)
         out = (out - mean) / std
     if channels_last and out.ndim == 4:
         out = out.contiguous(memory_format=torch.channels_last)
     return out
 
 
-def denormalize(batch: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-    """Undo ImageNet normalisation: ``x * std + mean`` -> [0, 1] (clamped unless ``clamp=False``) for display."""
+def denormalize(batch: torch.Tensor, clamp: bool = True, normalize: Normalization = True) -> torch.Tensor:
+    """Undo normalisation: ``x * std + mean`` -> [0, 1] (clamped unless ``clamp=False``) for display."""
     _check_channels(batch, "denormalize")
     out = batch if batch.is_floating_point() else batch.float()
-    mean, std = _stats(out)
+    if normalize is False:
+        return out.clamp(0.0, 1.0) if clamp else out
+    mean, std = _stats(out, normalize)
     out = out * std + mean
     return out.clamp(0.0, 1.0) if clamp else out
 
