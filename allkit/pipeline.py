@@ -1,0 +1,329 @@
+"""The paper's whole method, step by step: data → fine-tune → features → XGBoost → evaluate → explain.
+
+One path for everyone: ``allkit reproduce`` and the book's notebooks call these functions, so a number in
+the book is the number the CLI prints. A finished run lives in a folder::
+
+    DIR/metrics.json        everything measured, with the run card (data, device, backbone, weights)
+    DIR/model/              the hybrid (CNN state_dict + XGBoost JSON + manifest), HybridClassifier.load
+    DIR/history.json        per-epoch training curves
+    DIR/*.png               the figures
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import allkit
+from allkit.data import CellDataset, build_cache, load_cnmc, make_split, resolve_data_root
+from allkit.errors import AllkitError, ModelError
+from allkit.profiles import Profile, get_profile
+
+RUNS_DIR = Path(__file__).resolve().parents[1] / "runs"
+
+
+# ---------------------------------------------------------------------------------------------- run card
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+@dataclass
+class Prepared:
+    """Data, split, cache and datasets for one profile, plus the chosen backbone and weights."""
+
+    profile: Profile
+    data_root: Path
+    data_source: str
+    synthetic: bool
+    split: object
+    cache: object
+    datasets: dict[str, CellDataset]
+    backbone: str
+    weights: str | None
+    weights_note: str
+    normalize: object
+    device: torch.device
+    notes: list[str] = field(default_factory=list)
+
+    def card(self) -> dict:
+        counts = {name: {"cells": len(ds), "ALL": int((ds.frame["label"] == 1).sum()),
+                         "HEM": int((ds.frame["label"] == 0).sum()), "subjects": int(ds.frame["subject"].nunique())}
+                  for name, ds in self.datasets.items()}
+        return {
+            "profile": self.profile.name,
+            "data": str(self.data_root),
+            "data_source": self.data_source,
+            "synthetic": self.synthetic,
+            "split": getattr(self.split, "protocol", None),
+            "counts": counts,
+            "image_size": self.profile.image_size,
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "weights_note": self.weights_note,
+            "normalize": self.normalize if isinstance(self.normalize, bool) else "backbone's own mean/std",
+            "device": describe_device(self.device),
+            "allkit": allkit.__version__,
+            "commit": git_commit(),
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        }
+
+
+def _subset(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """A seeded subset of at most ``n`` cells keeping the class ratio and every subject present."""
+    if n is None or len(frame) <= n:
+        return frame.reset_index(drop=True)
+    fraction = n / len(frame)
+    parts = [g.sample(max(1, round(len(g) * fraction)), random_state=seed) for _, g in frame.groupby("subject")]
+    return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
+def choose_backbone(profile: Profile, backbone: str | None, weights: str | None):
+    """Build the model, falling back to the offline Lite0 where ImageNet weights cannot be downloaded.
+
+    Returns ``(model, backbone, weights, note)``.
+    """
+    from allkit.models import build_model
+
+    name = backbone or profile.backbone
+    chosen = weights if weights is not None else profile.weights
+    try:
+        return build_model(name, chosen), name, chosen, f"{name} with {chosen or 'random'} weights"
+    except ModelError as err:
+        if backbone is not None or weights is not None or profile.fallback_backbone is None:
+            raise
+        fallback = profile.fallback_backbone
+        note = (f"{name} {chosen} weights could not be loaded ({str(err).splitlines()[0][:160]}); using "
+                f"{fallback} with its offline ImageNet weights instead")
+        print(f"allkit: {note}", file=sys.stderr)
+        return build_model(fallback, "offline"), fallback, "offline", note
+
+
+def prepare(profile: Profile | str | None = None, data: str | os.PathLike | None = None, *,
+            backbone: str | None = None, weights: str | None = None, device: str = "auto",
+            progress: bool = True):
+    """Load and split the data, build the cache and datasets, build the model. Returns ``(Prepared, model)``."""
+    from allkit.models import get_spec
+    from allkit.perf import select_device
+
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    root, source = resolve_data_root(data)
+    cells = load_cnmc(root)
+    split = make_split(cells.frame, profile.split if profile.split != "paper" or
+                       (cells.frame["fold"] == "prelim").any() else "subject",
+                       seed=profile.seed, val_size=profile.val_size, test_size=profile.test_size)
+    frames = {"train": _subset(split.train, profile.max_train_cells, profile.seed),
+              "val": _subset(split.val, profile.max_eval_cells, profile.seed),
+              "test": _subset(split.test, profile.max_eval_cells, profile.seed)}
+    everything = pd.concat(frames.values(), ignore_index=True)
+    cache = build_cache(everything, size=profile.image_size, progress=progress)
+    datasets = {name: CellDataset(cache, frame) for name, frame in frames.items() if len(frame)}
+    model, name, chosen, note = choose_backbone(profile, backbone, weights)
+    spec = get_spec(name)
+    normalize = (tuple(spec.mean), tuple(spec.std)) if profile.normalize else False
+    notes = list(cells.notes)
+    if split.protocol != profile.split and profile.split != "auto":
+        notes.append(f"profile asks for the {profile.split!r} split; the data has no preliminary test set, "
+                     f"so a subject-wise split of what is present is used")
+    prepared = Prepared(profile, Path(root), source, cells.synthetic, split, cache, datasets, name, chosen, note,
+                        normalize, select_device(device), notes)
+    return prepared, model
+
+
+def finetune(prepared: Prepared, model: torch.nn.Module, out: Path | None = None, *, progress: bool = True):
+    """Fine-tune the CNN with the paper's recipe (Adamax, lr 1e-3, batch 40). Returns the Trainer."""
+    from allkit.train import Trainer
+
+    p = prepared.profile
+    trainer = Trainer(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed, normalize=prepared.normalize,
+                      device=prepared.device, max_batches=p.max_batches, progress=progress,
+                      checkpoint_dir=None if out is None else out / "checkpoints")
+    trainer.fit(model, prepared.datasets["train"], prepared.datasets.get("val"))
+    return trainer
+
+
+def fit_hybrid(prepared: Prepared, model: torch.nn.Module, *, progress: bool = True, feature_source="features"):
+    """XGBoost (eta 0.35) on the fine-tuned CNN's pooled features; records error and AUC per round."""
+    from allkit.hybrid import HybridClassifier
+
+    p = prepared.profile
+    hybrid = HybridClassifier(backbone=prepared.backbone, cnn=model, normalize=prepared.normalize, eta=p.xgb_eta,
+                              n_estimators=p.xgb_estimators, batch_size=p.batch_size, device=prepared.device,
+                              seed=p.seed, feature_source=feature_source, progress=progress)
+    sets = [(name, prepared.datasets[name]) for name in ("train", "val") if name in prepared.datasets]
+    hybrid.fit(prepared.datasets["train"], eval_sets=[("validation" if n == "val" else n, d) for n, d in sets])
+    return hybrid
+
+
+def evaluate_predictions(frame: pd.DataFrame, proba: np.ndarray, *, n_boot: int, seed: int) -> dict:
+    """Table 2 metrics, subject-bootstrap 95% intervals and patient-level diagnosis for one test set."""
+    from allkit.metrics import classification_table, evaluate_with_ci, patient_level, patient_level_metrics
+
+    y_true = frame["label"].to_numpy()
+    score = proba[:, 1]
+    y_pred = (proba.argmax(axis=1)).astype(int)
+    subjects = frame["subject"].to_numpy()
+    result = evaluate_with_ci(y_true, y_pred, subjects, y_score=score, n_boot=n_boot, seed=seed)
+    result["table2"] = json.loads(classification_table(y_true, y_pred).to_json(orient="index"))
+    patients = patient_level(y_true, score, subjects)
+    result["patient_level"] = patient_level_metrics(patients)
+    result["patients"] = json.loads(patients.to_json(orient="records"))
+    return result
+
+
+@dataclass
+class Run:
+    """A finished (or loaded) run: what ``reproduce`` wrote to ``out``."""
+
+    out: Path
+    metrics: dict
+    prepared: Prepared | None = None
+    model: torch.nn.Module | None = None
+    hybrid: object | None = None
+    trainer: object | None = None
+
+    @property
+    def card(self) -> dict:
+        return self.metrics["run_card"]
+
+    @property
+    def history(self) -> list[dict]:
+        return self.metrics["history"]
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Path, torch.device)):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def make_figures(run: Run, *, gradcam_cells: int | None = None) -> dict[str, Path]:
+    """Training curves, XGBoost curves, confusion matrix, sample grid and Grad-CAM grid as PNG in ``run.out``."""
+    import matplotlib.pyplot as plt
+
+    from allkit import plots
+
+    figures = {}
+
+    def save(name, fig):
+        figures[name] = plots.save_figure(fig, run.out / f"{name}.png")
+        plt.close(fig)
+
+    save("training_curves", plots.plot_training_curves(run.history))
+    save("xgb_curves", plots.plot_xgb_curves(run.metrics["xgb_evals"]))
+    save("confusion_matrix", plots.plot_confusion_matrix(np.array(run.metrics["hybrid"]["confusion_matrix"])))
+    if run.prepared is not None and run.model is not None:
+        test = run.prepared.datasets["test"]
+        n = gradcam_cells or run.prepared.profile.n_gradcam
+        picks = pd.concat([g.head(n) for _, g in test.frame.groupby("label")]).index.to_numpy()
+        images = test.__getitems__(picks)[0]
+        save("samples", plots.plot_sample_grid(images.permute(0, 2, 3, 1).numpy(),
+                                               test.frame.loc[picks, "label"].to_numpy(), n_per_class=n))
+        from allkit.explain import gradcam
+
+        result = gradcam(run.model, run.prepared.backbone, images, target="true",
+                         labels=test.frame.loc[picks, "label"].to_numpy(), normalize=run.prepared.normalize,
+                         device=run.prepared.device)
+        save("gradcam", result.plot())
+    return figures
+
+
+def reproduce(profile: Profile | str | None = None, data=None, *, out: str | os.PathLike | None = None,
+              backbone: str | None = None, weights: str | None = None, device: str = "auto",
+              progress: bool = True, figures: bool = True) -> Run:
+    """The whole method; writes ``out/metrics.json``, ``out/model/`` and the figures. Returns the Run."""
+    from allkit.hybrid import cnn_predict_proba
+
+    started = time.perf_counter()
+    prepared, model = prepare(profile, data, backbone=backbone, weights=weights, device=device, progress=progress)
+    out = Path(out) if out is not None else RUNS_DIR / prepared.profile.name
+    out.mkdir(parents=True, exist_ok=True)
+    if "test" not in prepared.datasets:
+        raise AllkitError("the split has no test cells; cannot evaluate")
+
+    t0 = time.perf_counter()
+    trainer = finetune(prepared, model, out, progress=progress)
+    train_seconds = time.perf_counter() - t0
+    test = prepared.datasets["test"]
+    p = prepared.profile
+    cnn_proba = cnn_predict_proba(model, test, batch_size=p.batch_size, normalize=prepared.normalize,
+                                  device=prepared.device, progress=progress)
+
+    t0 = time.perf_counter()
+    hybrid = fit_hybrid(prepared, model, progress=progress)
+    hybrid_seconds = time.perf_counter() - t0
+    hybrid_proba = hybrid.predict_proba(test)
+    metrics = {
+        "run_card": prepared.card(),
+        "profile": p.to_dict(),
+        "notes": prepared.notes,
+        "history": trainer.history_,
+        "cnn": evaluate_predictions(test.frame, cnn_proba, n_boot=p.n_boot, seed=p.seed),
+        "hybrid": evaluate_predictions(test.frame, hybrid_proba, n_boot=p.n_boot, seed=p.seed),
+        "xgb_evals": hybrid.evals_result_,
+        "seconds": {"finetune": train_seconds, "hybrid": hybrid_seconds},
+    }
+    hybrid.save(out / "model")
+    _write_json_atomic(out / "history.json", {"history": trainer.history_})
+    run = Run(out, metrics, prepared, model, hybrid, trainer)
+    if figures:
+        run.metrics["figures"] = {k: str(v.name) for k, v in make_figures(run).items()}
+    run.metrics["seconds"]["total"] = time.perf_counter() - started
+    _write_json_atomic(out / "metrics.json", run.metrics)
+    return run
+
+
+def load_run(out: str | os.PathLike, *, with_model: bool = False) -> Run:
+    """A finished run from disk (metrics; the hybrid too with ``with_model=True``)."""
+    out = Path(out)
+    path = out / "metrics.json"
+    if not path.is_file():
+        raise AllkitError(f"{path} does not exist; run `allkit reproduce --out {out}` first")
+    run = Run(out, json.loads(path.read_text()))
+    if with_model:
+        from allkit.hybrid import HybridClassifier
+
+        run.hybrid = HybridClassifier.load(out / "model")
+        run.model = run.hybrid.cnn_
+    return run
