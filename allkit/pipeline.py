@@ -120,9 +120,9 @@ def choose_backbone(profile: Profile, backbone: str | None, weights: str | None)
         if backbone is not None or weights is not None or profile.fallback_backbone is None:
             raise
         fallback = profile.fallback_backbone
-        note = (f"{name} {chosen} weights could not be loaded ({str(err).splitlines()[0][:160]}); using "
-                f"{fallback} with its offline ImageNet weights instead")
-        print(f"allkit: {note}", file=sys.stderr)
+        note = (f"{name} {chosen} weights could not be loaded here (no internet?); using {fallback} with its "
+                "packaged offline ImageNet weights instead")
+        print(f"allkit: {note}. The error was: {err}", file=sys.stderr)
         return build_model(fallback, "offline"), fallback, "offline", note
 
 
@@ -250,9 +250,12 @@ def make_figures(run: Run, *, gradcam_cells: int | None = None) -> dict[str, Pat
         figures[name] = plots.save_figure(fig, run.out / f"{name}.png")
         plt.close(fig)
 
-    save("training_curves", plots.plot_training_curves(run.history))
-    save("xgb_curves", plots.plot_xgb_curves(run.metrics["xgb_evals"]))
-    save("confusion_matrix", plots.plot_confusion_matrix(np.array(run.metrics["hybrid"]["confusion_matrix"])))
+    card = run.card
+    where = f"{card['backbone']}, {card['profile']} profile{', SYNTHETIC data' if card['synthetic'] else ''}"
+    save("training_curves", plots.plot_training_curves(run.history, title=f"Fine-tuning ({where})"))
+    save("xgb_curves", plots.plot_xgb_curves(run.metrics["xgb_evals"], title=f"XGBoost on CNN features ({where})"))
+    save("confusion_matrix", plots.plot_confusion_matrix(np.array(run.metrics["hybrid"]["confusion_matrix"]),
+                                                         title=f"Hybrid, test cells ({where})"))
     if run.prepared is not None and run.model is not None:
         test = run.prepared.datasets["test"]
         n = gradcam_cells or run.prepared.profile.n_gradcam
@@ -327,3 +330,57 @@ def load_run(out: str | os.PathLike, *, with_model: bool = False) -> Run:
         run.hybrid = HybridClassifier.load(out / "model")
         run.model = run.hybrid.cnn_
     return run
+
+
+# ---------------------------------------------------------------------------------------------- CLI steps
+
+CNN_FILE = "cnn.pt"
+TRAIN_MANIFEST = "train.json"
+
+
+def save_cnn(out: Path, prepared: Prepared, model: torch.nn.Module, history: list[dict]) -> Path:
+    """Write the fine-tuned CNN (state_dict) and what is needed to rebuild its data split."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=CNN_FILE, suffix=".tmp")
+    os.close(fd)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, out / CNN_FILE)
+    _write_json_atomic(out / TRAIN_MANIFEST, {"run_card": prepared.card(), "profile": prepared.profile.to_dict(),
+                                              "history": history})
+    return out / CNN_FILE
+
+
+def load_cnn(folder: str | os.PathLike, *, progress: bool = True):
+    """The CNN and the prepared data of a folder written by ``allkit train``."""
+    folder = Path(folder)
+    manifest_path = folder / TRAIN_MANIFEST
+    if not (folder / CNN_FILE).is_file() or not manifest_path.is_file():
+        raise AllkitError(f"{folder} is not a folder written by `allkit train` (expected {CNN_FILE} and "
+                          f"{TRAIN_MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    profile = Profile(**manifest["profile"])
+    card = manifest["run_card"]
+    return prepare(profile, card["data"], backbone=card["backbone"], weights=str(folder / CNN_FILE),
+                   progress=progress)
+
+
+def evaluate_folder(model_dir: str | os.PathLike, data: str | os.PathLike, *,
+                    allow_unknown_subjects: bool = False, progress: bool = True) -> dict:
+    """Predict every labelled cell under ``data`` with a saved hybrid and score it (``allkit evaluate``)."""
+    from allkit.hybrid import HybridClassifier
+    from allkit.metrics import classification_table, evaluate
+
+    hybrid = HybridClassifier.load(model_dir, progress=progress)
+    cells = load_cnmc(data, allow_unknown_subjects=allow_unknown_subjects)
+    pre = hybrid.preprocessing_ or {}
+    cache = build_cache(cells.frame, size=pre.get("size") or 224, crop_ratio=pre.get("crop_ratio") or 448 / 450,
+                        progress=progress)
+    dataset = CellDataset(cache, cells.frame)
+    proba = hybrid.predict_proba(dataset)
+    y_true, y_pred = cells.frame["label"].to_numpy(), proba.argmax(axis=1)
+    result = evaluate(y_true, y_pred, proba[:, 1], subjects=cells.frame["subject"].to_numpy())
+    result["table2"] = json.loads(classification_table(y_true, y_pred).to_json(orient="index"))
+    result["data"] = str(cells.root)
+    result["synthetic"] = cells.synthetic
+    result["model"] = str(model_dir)
+    return result

@@ -47,7 +47,7 @@ class CellDataset(Dataset):
         images = self._pixels(self.rows[indices])
         if self.transform is not None:
             images = torch.stack([self.transform(img) for img in images])
-        return images, self.labels[torch.as_tensor(indices)]
+        return images, self.labels[torch.from_numpy(np.array(indices, dtype=np.int64))]
 
 
 def _already_batched(batch):

@@ -1,0 +1,176 @@
+"""``allkit reproduce | train | fit-hybrid | evaluate | gradcam``: thin wrappers over allkit.pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from allkit.profiles import PROFILES
+
+REPRODUCE_EXAMPLES = """\
+examples:
+  allkit reproduce --profile ci --data ../shared/data --out runs/ci
+  allkit reproduce --profile sample --data ../shared/data --backbone efficientnet_lite0 --weights offline --out runs/sample
+  allkit reproduce --profile paper --data data --out runs/paper          # Colab GPU, full C-NMC
+"""
+EVALUATE_EXAMPLES = """\
+examples:
+  allkit evaluate --model runs/ci/model --data ../shared/data/C-NMC_Leukemia/training_data/fold_1
+  allkit evaluate --model runs/ci/model --data my_cells/ --json        # my_cells/{all,hem}/...
+"""
+TRAIN_EXAMPLES = """\
+examples:
+  allkit train --profile ci --data ../shared/data --out runs/cnn
+  allkit fit-hybrid --cnn runs/cnn --out runs/cnn/model
+"""
+GRADCAM_EXAMPLES = """\
+examples:
+  allkit gradcam cell1.bmp cell2.bmp --model runs/ci/model --out heatmaps/
+  allkit gradcam data/C-NMC_Leukemia/training_data/fold_0/all/UID_11_10_1_all.bmp --model runs/ci/model \\
+      --target ALL --out heatmaps/
+"""
+
+
+def _common(parser, *, data_help="C-NMC root (default: ALLKIT_DATA, data/, synthetic)") -> None:
+    parser.add_argument("--data", help=data_help)
+    parser.add_argument("--profile", choices=sorted(PROFILES), help="run profile (default: ALLKIT_PROFILE or sample)")
+    parser.add_argument("--backbone", help="backbone name (default: the profile's, efficientnet_b0)")
+    parser.add_argument("--weights", help="imagenet | offline | path/to/weights.pth (default: the profile's)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(commands, formatter) -> None:
+    rep = commands.add_parser("reproduce", help="the whole method end to end", epilog=REPRODUCE_EXAMPLES,
+                              formatter_class=formatter)
+    _common(rep)
+    rep.add_argument("--out", required=True, help="output folder (metrics.json, model/, figures)")
+    rep.set_defaults(handler=run_reproduce)
+
+    train = commands.add_parser("train", help="fine-tune the CNN only", epilog=TRAIN_EXAMPLES,
+                                formatter_class=formatter)
+    _common(train)
+    train.add_argument("--out", required=True, help="output folder (cnn.pt, train.json, checkpoints/)")
+    train.add_argument("--epochs", type=int, help="override the profile's epochs")
+    train.set_defaults(handler=run_train)
+
+    fit = commands.add_parser("fit-hybrid", help="XGBoost on a trained CNN's features", epilog=TRAIN_EXAMPLES,
+                              formatter_class=formatter)
+    fit.add_argument("--cnn", required=True, help="folder written by `allkit train`")
+    fit.add_argument("--out", help="model folder (default: CNN_FOLDER/model)")
+    fit.add_argument("--quiet", action="store_true")
+    fit.set_defaults(handler=run_fit_hybrid)
+
+    ev = commands.add_parser("evaluate", help="predict and score a C-NMC-layout folder", epilog=EVALUATE_EXAMPLES,
+                             formatter_class=formatter)
+    ev.add_argument("--model", required=True, help="model folder written by reproduce/fit-hybrid")
+    ev.add_argument("--data", required=True, help="C-NMC folder, or any folder with all/ and hem/")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--allow-unknown-subjects", action="store_true")
+    ev.set_defaults(handler=run_evaluate)
+
+    cam = commands.add_parser("gradcam", help="Grad-CAM heatmaps for image files", epilog=GRADCAM_EXAMPLES,
+                              formatter_class=formatter)
+    cam.add_argument("images", nargs="+", help="image files")
+    cam.add_argument("--model", required=True, help="model folder written by reproduce/fit-hybrid")
+    cam.add_argument("--out", required=True, help="folder for <name>_gradcam.png")
+    cam.add_argument("--target", default="predicted", help="predicted | ALL | HEM | class index")
+    cam.set_defaults(handler=run_gradcam)
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    import pandas as pd
+
+    from allkit.metrics import format_table2
+
+    print(f"\n{title}: accuracy {metrics['accuracy']:.3f} "
+          f"(95% CI {metrics['ci']['accuracy']['low']:.3f}-{metrics['ci']['accuracy']['high']:.3f}, "
+          f"bootstrap over subjects), weighted F1 {metrics['weighted_f1']:.3f}, n = {metrics['n']}")
+    print(format_table2(pd.DataFrame(metrics["table2"]).T))
+
+
+def run_reproduce(args) -> int:
+    from allkit.pipeline import reproduce
+
+    run = reproduce(args.profile, args.data, out=args.out, backbone=args.backbone, weights=args.weights,
+                    device=args.device, progress=not args.quiet)
+    card = run.card
+    print(f"run card: profile {card['profile']}, data {card['data']} ({card['data_source']}"
+          f"{', SYNTHETIC' if card['synthetic'] else ''}), backbone {card['backbone']} ({card['weights_note']}), "
+          f"device {card['device']}")
+    _print_metrics("CNN alone (test)", run.metrics["cnn"])
+    _print_metrics("Hybrid CNN -> XGBoost (test)", run.metrics["hybrid"])
+    print(f"\nwrote {run.out / 'metrics.json'}, {run.out / 'model'}/ and figures")
+    return 0
+
+
+def run_train(args) -> int:
+    from allkit.pipeline import finetune, prepare, save_cnn
+
+    profile = None
+    if args.epochs is not None:
+        from allkit.profiles import get_profile
+
+        profile = get_profile(args.profile).with_overrides(epochs=args.epochs)
+    prepared, model = prepare(profile or args.profile, args.data, backbone=args.backbone, weights=args.weights,
+                              device=args.device, progress=not args.quiet)
+    out = Path(args.out)
+    trainer = finetune(prepared, model, out, progress=not args.quiet)
+    save_cnn(out, prepared, model, trainer.history_)
+    last = trainer.history_[-1]
+    print(f"trained {prepared.backbone} for {len(trainer.history_)} epoch(s): train acc {last['train_acc']:.3f}"
+          + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "")
+          + f"; wrote {out / 'cnn.pt'}")
+    return 0
+
+
+def run_fit_hybrid(args) -> int:
+    from allkit.pipeline import fit_hybrid, load_cnn
+
+    prepared, model = load_cnn(args.cnn, progress=not args.quiet)
+    hybrid = fit_hybrid(prepared, model, progress=not args.quiet)
+    out = Path(args.out) if args.out else Path(args.cnn) / "model"
+    hybrid.save(out)
+    for name in ("val", "test"):
+        if name in prepared.datasets:
+            print(f"hybrid accuracy on {name}: {hybrid.score(prepared.datasets[name]):.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from allkit.pipeline import evaluate_folder
+
+    result = evaluate_folder(args.model, args.data, allow_unknown_subjects=args.allow_unknown_subjects,
+                             progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    import pandas as pd
+
+    from allkit.metrics import format_table2
+
+    print(f"{result['n']} cells from {result['data']}: accuracy {result['accuracy']:.3f}, "
+          f"weighted F1 {result['weighted_f1']:.3f}"
+          + (f", ROC AUC {result['roc_auc']:.3f}" if result.get("roc_auc") is not None else ""))
+    print(format_table2(pd.DataFrame(result["table2"]).T))
+    cm = result["confusion_matrix"]
+    print("confusion matrix (rows true, columns predicted):")
+    print(f"          HEM    ALL\n  HEM {cm[0][0]:6d} {cm[0][1]:6d}\n  ALL {cm[1][0]:6d} {cm[1][1]:6d}")
+    return 0
+
+
+def run_gradcam(args) -> int:
+    from allkit.explain import gradcam_files, save_overlays
+    from allkit.hybrid import HybridClassifier
+
+    hybrid = HybridClassifier.load(args.model, progress=False)
+    target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+    size = (hybrid.preprocessing_ or {}).get("size") or 224
+    result = gradcam_files(hybrid.cnn_, hybrid.backbone, args.images, target=target, size=size,
+                           normalize=hybrid.normalize)
+    paths = save_overlays(result, args.out)
+    for path, pred, prob in zip(paths, result.predictions, result.probabilities, strict=True):
+        print(f"{path}: predicted {('HEM', 'ALL')[pred] if pred < 2 else pred} (p={prob[pred]:.3f})")
+    return 0
+
