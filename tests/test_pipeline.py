@@ -1,0 +1,126 @@
+"""End to end through the CLI: reproduce, evaluate, gradcam, train + fit-hybrid, on the synthetic stand-in.
+
+Backbone: the offline ImageNet-pretrained EfficientNet-Lite0, named explicitly so no test touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from allkit.cli import main
+from allkit.hybrid import HybridClassifier
+
+OFFLINE = ["--backbone", "efficientnet_lite0", "--weights", "offline"]
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def reproduced(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "ci"
+    code = main(["reproduce", "--profile", "ci", "--data", str(synthetic_root), "--out", str(out), "--quiet",
+                 *OFFLINE])
+    assert code == 0
+    return out
+
+
+def test_reproduce_writes_metrics_model_and_figures(reproduced):
+    metrics = json.loads((reproduced / "metrics.json").read_text())
+    card = metrics["run_card"]
+    assert card["synthetic"] and card["backbone"] == "efficientnet_lite0" and card["weights"] == "offline"
+    assert card["split"] == "subject" and card["profile"] == "ci"
+    for model in ("cnn", "hybrid"):
+        result = metrics[model]
+        assert 0.0 <= result["accuracy"] <= 1.0
+        assert result["ci"]["accuracy"]["unit"] == "subject"
+        assert result["ci"]["accuracy"]["low"] <= result["accuracy"] <= result["ci"]["accuracy"]["high"]
+        assert set(result["table2"]) == {"HEM", "ALL", "accuracy", "macro avg", "weighted avg"}
+        assert result["n"] == card["counts"]["test"]["cells"]
+    assert len(metrics["history"]) == 1 and {"train_loss", "val_loss"} <= set(metrics["history"][0])
+    rounds = metrics["profile"]["xgb_estimators"]
+    assert len(metrics["xgb_evals"]["validation"]["error"]) == rounds
+    for name in ("training_curves", "xgb_curves", "confusion_matrix", "samples", "gradcam"):
+        with Image.open(reproduced / f"{name}.png") as image:
+            assert image.size[0] > 200
+    assert (reproduced / "model" / "manifest.json").is_file()
+
+
+def test_evaluate_json_matches_the_saved_model(reproduced, synthetic_root, capsys):
+    fold = synthetic_root / "C-NMC_Leukemia" / "training_data" / "fold_2"
+    code, out, _ = run_cli(["evaluate", "--model", reproduced / "model", "--data", fold, "--json"], capsys)
+    result = json.loads(out)
+    n_files = sum(1 for _ in fold.glob("*/*.png"))
+    assert code == 0 and result["n"] == n_files
+    assert {"accuracy", "weighted_f1", "n", "per_class", "confusion_matrix"} <= set(result)
+    assert set(result["per_class"]["ALL"]) >= {"precision", "recall", "f1"}
+    assert np.sum(result["confusion_matrix"]) == n_files
+
+    from allkit.data import CellDataset, build_cache, load_cnmc
+
+    hybrid = HybridClassifier.load(reproduced / "model", progress=False)
+    frame = load_cnmc(fold).frame
+    dataset = CellDataset(build_cache(frame, size=hybrid.preprocessing_["size"], progress=False), frame)
+    assert result["accuracy"] == pytest.approx(hybrid.score(dataset))
+
+    code, out, _ = run_cli(["evaluate", "--model", reproduced / "model", "--data", fold], capsys)
+    assert code == 0 and "confusion matrix" in out and "| ALL |" in out
+
+
+def test_gradcam_command(reproduced, synthetic_root, tmp_path, capsys):
+    images = sorted((synthetic_root / "C-NMC_Leukemia" / "training_data" / "fold_0" / "all").iterdir())[:2]
+    code, out, _ = run_cli(["gradcam", *images, "--model", reproduced / "model", "--out", tmp_path,
+                            "--target", "ALL"], capsys)
+    assert code == 0
+    written = sorted(tmp_path.glob("*_gradcam.png"))
+    assert [p.name for p in written] == [f"{p.stem}_gradcam.png" for p in images]
+
+
+def test_train_then_fit_hybrid(synthetic_root, tmp_path, capsys):
+    code, out, _ = run_cli(["train", "--profile", "ci", "--data", synthetic_root, "--out", tmp_path, "--quiet",
+                            *OFFLINE], capsys)
+    assert code == 0 and (tmp_path / "cnn.pt").is_file()
+    code, out, _ = run_cli(["fit-hybrid", "--cnn", tmp_path, "--quiet"], capsys)
+    assert code == 0 and "hybrid accuracy on test" in out
+    loaded = HybridClassifier.load(tmp_path / "model", expected_backbone="efficientnet_lite0")
+    assert loaded.n_features_in_ == 1280
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "--model", "/nonexistent/model", "--data", "."], "does not exist"),
+    (["fit-hybrid", "--cnn", "/nonexistent"], "not a folder written by `allkit train`"),
+    (["reproduce", "--profile", "ci", "--data", "/nonexistent/data", "--out", "/tmp/x", *OFFLINE], "does not exist"),
+])
+def test_errors_are_one_line(args, message, capsys):
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_paper_profile_does_not_fall_back(synthetic_root, monkeypatch, tmp_path, capsys):
+    import torch
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    code, _, err = run_cli(["reproduce", "--profile", "paper", "--data", synthetic_root, "--out", tmp_path / "o"],
+                           capsys)
+    assert code == 2 and "efficientnet_lite0" in err  # the error names the offline alternative
+
+
+def test_help_has_examples(capsys):
+    for command in ("reproduce", "evaluate", "train", "fit-hybrid", "gradcam"):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--help"])
+        assert info.value.code == 0
+        assert "examples:" in capsys.readouterr().out
+    assert Path(__file__).exists()
