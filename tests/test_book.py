@@ -1,0 +1,95 @@
+"""The book builds without a warning and a real browser shows every page with its title and images.
+
+Builds with ``jupyter-book build . -W -n --keep-going`` (rendering the committed notebook outputs), then
+opens each page of ``_build/html`` in headless Chromium (Debian's ``chromium``; ``.ci/run`` installs it)
+through Playwright, and saves a screenshot of each page to ``_build/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TOC_PAGES = ["book/intro", "book/data", "book/cite", "book/references"] + [
+    f"notebooks/{p.stem}" for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+]
+
+
+@pytest.fixture(scope="module")
+def built_book():
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    result = subprocess.run([str(jupyter_book), "build", str(ROOT), "-W", "-n", "--keep-going"],
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, f"jupyter-book failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert "warning" not in result.stderr.lower(), result.stderr[-4000:]
+    return HTML
+
+
+def test_every_toc_page_is_built(built_book):
+    for page in TOC_PAGES:
+        assert (built_book / f"{page}.html").is_file(), page
+
+
+def test_notebooks_carry_outputs():
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        notebook = json.loads(path.read_text())
+        code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+        assert code and all(c.get("outputs") is not None for c in code), path.name
+        assert any(c.get("outputs") for c in code), f"{path.name} has no outputs committed"
+        first = notebook["cells"][0]
+        assert first["cell_type"] == "markdown" and "colab-badge.svg" in "".join(first["source"]), path.name
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.mark.parametrize("page_name", TOC_PAGES)
+def test_page_in_a_real_browser(built_book, browser, page_name):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    failed_requests = []
+    page.on("requestfailed", lambda request: failed_requests.append(request.url))
+    page.goto((built_book / f"{page_name}.html").as_uri(), wait_until="load")
+    title = page.title()
+    assert title.strip(), f"{page_name}: empty <title>"
+    assert page.locator("h1").count() >= 1, f"{page_name}: no heading"
+    broken = page.evaluate(
+        # Only the book's own images: the Colab badge is fetched from the internet, which CI has not.
+        "Array.from(document.images).filter(i => /^(file|data):/.test(i.src))"
+        ".filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
+    )
+    assert broken == [], f"{page_name}: images that did not load: {broken}"
+    local_failures = [u for u in failed_requests if u.startswith("file:")]
+    assert local_failures == [], f"{page_name}: missing files {local_failures}"
+    if page_name.startswith("notebooks/"):
+        figures = page.evaluate(
+            "Array.from(document.querySelectorAll('.cell_output img')).filter(i => i.naturalWidth > 100).length"
+        )
+        assert figures >= 1, f"{page_name}: no figure rendered from the notebook outputs"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{page_name.replace('/', '_')}.png"), full_page=False)
+    page.close()
