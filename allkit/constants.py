@@ -1,4 +1,4 @@
-"""Numbers the paper fixes, in one place, each with the section it comes from.
+"""Numbers the paper fixes, in one place, each with the part of the paper it comes from.
 
 Label convention used everywhere in allkit: **ALL (malignant) = 1, HEM (normal) = 0**,
 the same as the C-NMC preliminary-test CSV (``labels`` column, 1 = ALL).
@@ -6,24 +6,24 @@ the same as the C-NMC preliminary-test CSV (``labels`` column, 1 = ALL).
 
 from __future__ import annotations
 
-# Section 3.2 (preprocessing): C-NMC cells are 450x450; the paper centre-crops 448 and resizes to 224.
+# The paper's preprocessing: C-NMC cells are 450x450; the paper centre-crops 448 and resizes to 224.
 ORIGINAL_SIZE = 450
 CROP_SIZE = 448
 IMAGE_SIZE = 224
 
-# Section 3.2 (augmentation): flips with p=0.2 each, rotation up to 10 degrees.
+# The paper's augmentation: flips with p=0.2 each, rotation up to 10 degrees.
 FLIP_PROBABILITY = 0.2
 ROTATION_DEGREES = 10.0
 
-# Section 3.4 (fine-tuning): Adamax, lr 1e-3, batch 40, 5 epochs, cross-entropy.
+# The paper's fine-tuning recipe: Adamax, lr 1e-3, batch 40, 5 epochs, cross-entropy.
 BATCH_SIZE = 40
 LEARNING_RATE = 1e-3
 EPOCHS = 5
 
-# Section 3.5 (hybrid): XGBoost learning rate (eta).
+# The paper's hybrid: XGBoost learning rate (eta).
 XGB_ETA = 0.35
 
-# Section 4: the paper's headline results, quoted (never used as expected values in tests).
+# Results: the paper's headline results, quoted (never used as expected values in tests).
 PAPER_ACCURACY_CNN = 0.81
 PAPER_ACCURACY_HYBRID = 0.85
 

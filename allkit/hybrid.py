@@ -1,6 +1,6 @@
 """The paper's hybrid: a (fine-tuned) CNN as a frozen feature extractor, XGBoost as the classifier.
 
-Section 3.5 of the paper: the fine-tuned EfficientNet-B0 turns every cell into its 1280-d pooled
+The paper's hybrid: the fine-tuned EfficientNet-B0 turns every cell into its 1280-d pooled
 embedding (the input of the classification head) and an XGBoost classifier with learning rate
 (``eta``) 0.35 is trained on those vectors; the paper reports 0.81 accuracy for the CNN alone and 0.85
 for the hybrid. :class:`HybridClassifier` is that pipeline as a scikit-learn estimator::

@@ -1,4 +1,4 @@
-"""Image pipelines of the paper (Section 3.2), split the way allkit's data layer needs them.
+"""Image pipelines of the paper (its preprocessing and augmentation), split the way allkit's data layer needs them.
 
 The paper's training pipeline, in its order, is::
 
