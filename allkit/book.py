@@ -84,8 +84,8 @@ class Context:
 
 
 def run_card(ctx: Context) -> dict:
-    from allkit.pipeline import describe_device, git_commit
     from allkit.perf import select_device
+    from allkit.pipeline import describe_device, git_commit
 
     frame = ctx.cells.frame
     return {

@@ -384,3 +384,22 @@ def evaluate_folder(model_dir: str | os.PathLike, data: str | os.PathLike, *,
     result["synthetic"] = cells.synthetic
     result["model"] = str(model_dir)
     return result
+
+
+def rebuild_prepared(run: Run, *, progress: bool = True) -> Prepared:
+    """The data of a finished run, for a run loaded from disk (``run.prepared`` is None): same profile, data
+    and seed, hence the same split, cache and datasets (``train``/``val``/``test``), backbone and
+    normalisation. The run's own fine-tuned CNN file is what ``prepare`` builds the model from, so no
+    ImageNet weights are downloaded; that model is discarded (``run.model`` already holds it). Sets and
+    returns ``run.prepared``."""
+    if run.prepared is not None:
+        return run.prepared
+    card = run.card
+    cnn = run.out / "model" / CNN_FILE
+    if not cnn.is_file():
+        raise AllkitError(f"{cnn} is missing; the run in {run.out} has no saved model to rebuild its data for")
+    prepared, _ = prepare(Profile(**run.metrics["profile"]), card["data"], backbone=card["backbone"],
+                          weights=str(cnn), progress=progress)
+    prepared.weights, prepared.weights_note = card["weights"], card["weights_note"]
+    run.prepared = prepared
+    return prepared
