@@ -114,6 +114,8 @@ def choose_backbone(profile: Profile, backbone: str | None, weights: str | None)
 
     name = backbone or profile.backbone
     chosen = weights if weights is not None else profile.weights
+    if isinstance(chosen, str) and chosen.lower() in {"none", "random"}:
+        chosen = None  # random initialisation, e.g. to show what ImageNet pretraining brings
     try:
         return build_model(name, chosen), name, chosen, f"{name} with {chosen or 'random'} weights"
     except ModelError as err:
@@ -142,13 +144,18 @@ def prepare(profile: Profile | str | None = None, data: str | os.PathLike | None
     frames = {"train": _subset(split.train, profile.max_train_cells, profile.seed),
               "val": _subset(split.val, profile.max_eval_cells, profile.seed),
               "test": _subset(split.test, profile.max_eval_cells, profile.seed)}
+    model, name, chosen, note = choose_backbone(profile, backbone, weights)
+    spec = get_spec(name)
+    notes = list(cells.notes)
+    if spec.name == "inception_v3" and profile.image_size < spec.input_size:
+        # Its auxiliary classifier only works at 299 px; smaller inputs fail inside torchvision.
+        notes.append(f"inception_v3 needs {spec.input_size} px input: image_size {profile.image_size} -> "
+                     f"{spec.input_size}")
+        profile = profile.with_overrides(image_size=spec.input_size)
     everything = pd.concat(frames.values(), ignore_index=True)
     cache = build_cache(everything, size=profile.image_size, progress=progress)
     datasets = {name: CellDataset(cache, frame) for name, frame in frames.items() if len(frame)}
-    model, name, chosen, note = choose_backbone(profile, backbone, weights)
-    spec = get_spec(name)
     normalize = (tuple(spec.mean), tuple(spec.std)) if profile.normalize else False
-    notes = list(cells.notes)
     if split.protocol != profile.split and profile.split != "auto":
         notes.append(f"profile asks for the {profile.split!r} split; the data has no preliminary test set, "
                      f"so a subject-wise split of what is present is used")

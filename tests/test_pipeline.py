@@ -124,3 +124,12 @@ def test_help_has_examples(capsys):
         assert info.value.code == 0
         assert "examples:" in capsys.readouterr().out
     assert Path(__file__).exists()
+
+
+def test_inception_gets_its_299_px_input_and_random_weights_on_request(synthetic_root):
+    from allkit.pipeline import prepare
+
+    prepared, model = prepare("ci", synthetic_root, backbone="inception_v3", weights="random", progress=False)
+    assert prepared.profile.image_size == 299 and prepared.card()["image_size"] == 299
+    assert any("299" in note for note in prepared.notes)
+    assert prepared.datasets["train"][0][0].shape == (3, 299, 299)

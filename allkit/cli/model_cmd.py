@@ -35,7 +35,7 @@ def _common(parser, *, data_help="C-NMC root (default: ALLKIT_DATA, data/, synth
     parser.add_argument("--data", help=data_help)
     parser.add_argument("--profile", choices=sorted(PROFILES), help="run profile (default: ALLKIT_PROFILE or sample)")
     parser.add_argument("--backbone", help="backbone name (default: the profile's, efficientnet_b0)")
-    parser.add_argument("--weights", help="imagenet | offline | path/to/weights.pth (default: the profile's)")
+    parser.add_argument("--weights", help="imagenet | offline | random | path/to/weights.pth (default: the profile's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
