@@ -85,20 +85,30 @@ def b0():
 
 
 class _CountForwards:
-    """Counts forward passes through the stem of an EfficientNet-B0 (one per batch)."""
+    """Counts CNN forward passes (one per batch) run for feature extraction.
 
-    def __init__(self, model):
+    The extraction may run a batch-norm-fused copy of the CNN, so hooks on ``model`` would miss them:
+    count the batches that :func:`allkit.train.batched_inference` yields instead.
+    """
+
+    def __init__(self, model=None):
+        import allkit.train
+
         self.calls = 0
-        self.handle = model.features[0].register_forward_hook(self._hook)
+        self._module = allkit.train
+        self._original = allkit.train.batched_inference
 
-    def _hook(self, *args):
-        self.calls += 1
+    def _counting(self, *args, **kwargs):
+        for out in self._original(*args, **kwargs):
+            self.calls += 1
+            yield out
 
     def __enter__(self):
+        self._module.batched_inference = self._counting
         return self
 
     def __exit__(self, *exc):
-        self.handle.remove()
+        self._module.batched_inference = self._original
 
 
 # --------------------------------------------------------------------------------------------------
