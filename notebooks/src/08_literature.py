@@ -139,6 +139,36 @@ print(f"Always answering ALL: accuracy {counts['training_ALL'] / counts['trainin
 print(f"Always answering the majority class of this run's test set: accuracy "
       f"{max(test['ALL'], test['HEM']) / test['cells']:.3f} ({test['ALL']} ALL / {test['HEM']} HEM).")
 
+# %%
+import matplotlib.pyplot as plt
+
+cnn_ci = run.metrics["cnn"]["ci"]["accuracy"]
+bars = [
+    ("paper, CNN alone\n(reported)", constants.PAPER_ACCURACY_CNN, None, "0.7"),
+    ("paper, hybrid\n(reported)", constants.PAPER_ACCURACY_HYBRID, None, "0.7"),
+    ("this run, CNN alone", cnn_ci["estimate"], cnn_ci, "tab:blue"),
+    ("this run, hybrid", acc["estimate"], acc, "tab:orange"),
+]
+fig, ax = plt.subplots(figsize=(8, 4))
+for i, (name, value, ci, colour) in enumerate(bars):
+    err = None if ci is None else [[value - ci["low"]], [ci["high"] - value]]
+    ax.bar(i, value, color=colour, yerr=err, capsize=6)
+    ax.text(i, value + 0.02, f"{value:.2f}", ha="center")
+baseline = max(test["ALL"], test["HEM"]) / test["cells"]
+ax.axhline(baseline, ls="--", color="k", lw=1, label=f"majority class of this test set ({baseline:.2f})")
+ax.set_xticks(range(len(bars)), [b[0] for b in bars])
+ax.set_ylabel("Accuracy on test cells")
+ax.set_ylim(0, 1.08)
+ax.set_title(f"Reported vs measured ({card['backbone']}, {card['profile']} profile; bars: 95% subject bootstrap)")
+ax.legend(loc="lower right")
+plt.show()
+
+# %% [markdown]
+# The grey bars are the paper's reported accuracies (no interval is reported); the coloured bars are this
+# run's, with their 95% subject-bootstrap intervals, and the dashed line is what always answering the
+# test set's majority class would score. Different test sets, different baselines: the figure is a
+# reminder of how much of a number depends on what it was measured on, not a verdict on the paper.
+
 # %% [markdown]
 # An accuracy means something only against that baseline, and the baseline changes with the test set's
 # class mix: 0.85 is a large step above 0.5 and a small one above 0.7. Balanced accuracy, the weighted F1
