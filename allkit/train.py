@@ -122,12 +122,15 @@ def _model_input(images: torch.Tensor, normalize, channels_last: bool) -> torch.
     from allkit.transforms import to_model_input
 
     if isinstance(normalize, bool):
-        return to_model_input(images, normalize=normalize, channels_last=channels_last)
-    x = to_model_input(images, normalize=False)
-    mean = torch.tensor(normalize[0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(normalize[1], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        x = to_model_input(images, normalize=normalize, channels_last=channels_last)
+    else:
+        x = to_model_input(images, normalize=False)
+        mean = torch.tensor(normalize[0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(normalize[1], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+    # The cache's pixels are HWC, so a batch straight from it is already channels-last in memory:
+    # make the layout what was asked for either way.
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class _EpochShuffle(torch.utils.data.Sampler):
