@@ -133,3 +133,22 @@ def test_inception_gets_its_299_px_input_and_random_weights_on_request(synthetic
     assert prepared.profile.image_size == 299 and prepared.card()["image_size"] == 299
     assert any("299" in note for note in prepared.notes)
     assert prepared.datasets["train"][0][0].shape == (3, 299, 299)
+
+
+def test_real_sample_hybrid_on_held_out_subjects(real_root, tmp_path):
+    """The ci profile on the real fold-1 sample: offline Lite0 fine-tuned 1 epoch on 240 cells of 8 subjects,
+    then XGBoost. Measured here (CPU): validation subjects (2 ALL + H22) hybrid accuracy 0.925, AUC 0.94;
+    test subjects (2 ALL + H10) accuracy 0.55, AUC 0.71 -- H10's cells are mostly called ALL, which the
+    book discusses. Floors sit below those measurements with a margin for platform differences."""
+    from allkit.pipeline import reproduce
+
+    run = reproduce("ci", real_root, out=tmp_path / "run", backbone="efficientnet_lite0", weights="offline",
+                    progress=False, figures=False)
+    card = run.metrics["run_card"]
+    assert not card["synthetic"] and card["split"] == "subject"
+    train_subjects = set(run.prepared.datasets["train"].frame["subject"])
+    for part in ("val", "test"):
+        assert train_subjects.isdisjoint(run.prepared.datasets[part].frame["subject"])
+    val_accuracy = 1 - run.metrics["xgb_evals"]["validation"]["error"][-1]
+    assert val_accuracy >= 0.8, f"hybrid accuracy on held-out validation subjects {val_accuracy:.3f}"
+    assert run.metrics["hybrid"]["roc_auc"] >= 0.6, run.metrics["hybrid"]
