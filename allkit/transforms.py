@@ -306,6 +306,25 @@ def _rotation_grid(angles: torch.Tensor, height: int, width: int, dtype: torch.d
     return grid.view(-1, height, width, 2)
 
 
+def _augment_pil(batch: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Flips and rotation of a uint8 CPU batch, image by image with Pillow (nearest, zero fill): exactly
+    what torchvision's ``RandomHorizontalFlip -> RandomVerticalFlip -> RandomRotation`` do to the paper's
+    PIL images, and several times cheaper on a CPU than flipping and ``grid_sample``-ing the whole batch."""
+    nhwc = batch.permute(0, 2, 3, 1)  # the cache's own layout: no copy for batches read from it
+    out = torch.empty(nhwc.shape, dtype=torch.uint8)
+    hflips, vflips, angles = params["hflip"].tolist(), params["vflip"].tolist(), params["angle"].tolist()
+    for i in range(len(out)):
+        image = PIL.Image.fromarray(nhwc[i].numpy())
+        if hflips[i]:
+            image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+        if vflips[i]:
+            image = image.transpose(PIL.Image.Transpose.FLIP_TOP_BOTTOM)
+        if angles[i] != 0:
+            image = image.rotate(angles[i], resample=PIL.Image.Resampling.NEAREST, fillcolor=0)
+        out[i] = torch.from_numpy(np.array(image))
+    return out.permute(0, 3, 1, 2)
+
+
 class BatchAugment(torch.nn.Module):
     """The paper's random augmentation on a whole batch, with independent random draws per sample.
 
@@ -314,6 +333,10 @@ class BatchAugment(torch.nn.Module):
     positive, about the centre, nearest-neighbour, zero fill): the same operations, in the same order, as
     ``RandomHorizontalFlip -> RandomVerticalFlip -> RandomRotation`` (defaults of
     :func:`augment_transform`), but drawn per sample.
+
+    Rotation: a uint8 batch on the CPU is rotated image by image with Pillow, exactly as torchvision's
+    ``RandomRotation`` rotates the paper's PIL images; other dtypes and devices (the GPU) use one batched
+    ``grid_sample`` built like torchvision's tensor ``rotate``.
 
     Works on uint8 or floating tensors [B, C, H, W] (or one image [C, H, W]) on any device and returns the
     same dtype and device. Random numbers come from ``generator`` (on its own device) or, if None, from the
@@ -373,6 +396,9 @@ class BatchAugment(torch.nn.Module):
         if batch.dtype == torch.bool or batch.is_complex():
             raise DataError(f"expected a uint8 or floating batch, got dtype {batch.dtype}")
         device = batch.device
+        if (device.type == "cpu" and batch.dtype == torch.uint8 and batch.shape[1] == 3
+                and self.interpolation == "nearest"):
+            return _augment_pil(batch, params)
         out = batch
         hflip = params["hflip"].to(device=device, dtype=torch.bool)
         vflip = params["vflip"].to(device=device, dtype=torch.bool)
@@ -443,10 +469,16 @@ def to_model_input(batch: torch.Tensor, normalize: Normalization = True, channel
     _check_channels(batch, "to_model_input")
     if batch.dtype == torch.bool:
         raise DataError("to_model_input expects uint8 or floating images, got dtype torch.bool")
-    out = F.to_dtype(torch.as_tensor(batch), torch.float32, scale=True)
-    if normalize is not False:
-        mean, std = _stats(out, normalize)
-        out = (out - mean) / std
+    if normalize is not False and batch.dtype == torch.uint8:
+        # One fused pass, x * 1/(255 std) - mean/std: 5-7x faster on a CPU than scaling then normalising.
+        mean, std = _stats(torch.empty(0), normalize)
+        scale, shift = (1.0 / (255.0 * std)).to(batch.device), (-mean / std).to(batch.device)
+        out = torch.addcmul(shift, batch.to(torch.float32), scale)
+    else:
+        out = F.to_dtype(torch.as_tensor(batch), torch.float32, scale=True)
+        if normalize is not False:
+            mean, std = _stats(out, normalize)
+            out = (out - mean) / std
     if channels_last and out.ndim == 4:
         out = out.contiguous(memory_format=torch.channels_last)
     return out
