@@ -16,7 +16,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import pandas as pd
 import torch
 
 import allkit
+from allkit.atomic import torch_save, write_json
 from allkit.data import CellDataset, build_cache, load_cnmc, make_split, resolve_data_root
 from allkit.errors import AllkitError, ModelError
 from allkit.profiles import Profile, get_profile
@@ -226,11 +226,7 @@ class Run:
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, default=_json_default)
-    os.replace(tmp, path)
+    write_json(path, payload, indent=2, default=_json_default)
 
 
 def _json_default(value):
@@ -347,11 +343,7 @@ TRAIN_MANIFEST = "train.json"
 
 def save_cnn(out: Path, prepared: Prepared, model: torch.nn.Module, history: list[dict]) -> Path:
     """Write the fine-tuned CNN (state_dict) and what is needed to rebuild its data split."""
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=CNN_FILE, suffix=".tmp")
-    os.close(fd)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, out / CNN_FILE)
+    torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / CNN_FILE)
     _write_json_atomic(out / TRAIN_MANIFEST, {"run_card": prepared.card(), "profile": prepared.profile.to_dict(),
                                               "history": history})
     return out / CNN_FILE

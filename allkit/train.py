@@ -30,7 +30,6 @@ import contextlib
 import itertools
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from allkit.atomic import torch_save
 from allkit.constants import BATCH_SIZE, EPOCHS, LABEL_ALL, LABEL_HEM, LEARNING_RATE, SEED
 from allkit.errors import AllkitError, ModelError
 from allkit.models import main_logits as _main_logits
@@ -287,17 +287,7 @@ def batched_inference(
 
 
 def _atomic_save(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    torch_save(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -24,6 +24,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from allkit.atomic import write_json
 from allkit.constants import CROP_SIZE, IMAGE_SIZE, ORIGINAL_SIZE
 from allkit.data.discover import COLUMNS, BadFile
 from allkit.data.paths import cache_dir as default_cache_dir
@@ -90,13 +91,6 @@ def _decode(path: str, size: int, crop_ratio: float) -> np.ndarray:
     with Image.open(path) as image:
         image.load()
         return decode_for_cache(image, size=size, crop_ratio=crop_ratio)
-
-
-def _atomic_json(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle)
-    os.replace(tmp, path)
 
 
 def _load_existing(npy: Path, meta: Path, frame: pd.DataFrame, size: int) -> CellCache | None:
@@ -177,7 +171,7 @@ def build_cache(
     finally:
         if tmp.exists():
             tmp.unlink()
-    _atomic_json(meta, {"version": CACHE_VERSION, "size": size, "crop_ratio": crop_ratio,
+    write_json(meta, {"version": CACHE_VERSION, "size": size, "crop_ratio": crop_ratio,
                         "n": len(frame), "bad_files": [b.to_dict() for b in bad]})
     loaded = _load_existing(npy, meta, frame, size)
     assert loaded is not None
