@@ -83,6 +83,14 @@ class Context:
         return self._run
 
 
+    def variant(self, variant, *, progress: bool = True):
+        """One controlled fine-tune of :mod:`allkit.experiments` on this notebook's profile and data: loaded
+        if this exact experiment is already in ``runs/<profile>/experiments/``, else computed now."""
+        from allkit.experiments import run_variant
+
+        return run_variant(variant, self.profile, self.data_root, runs_dir=self.runs_dir, progress=progress)
+
+
 def run_card(ctx: Context) -> dict:
     from allkit.perf import select_device
     from allkit.pipeline import describe_device, git_commit

@@ -130,15 +130,18 @@ def choose_backbone(profile: Profile, backbone: str | None, weights: str | None)
 
 def prepare(profile: Profile | str | None = None, data: str | os.PathLike | None = None, *,
             backbone: str | None = None, weights: str | None = None, device: str = "auto",
-            progress: bool = True):
-    """Load and split the data, build the cache and datasets, build the model. Returns ``(Prepared, model)``."""
+            progress: bool = True, split=None):
+    """Load and split the data, build the cache and datasets, build the model. Returns ``(Prepared, model)``.
+
+    ``split``: a callable ``frame -> allkit.data.Split`` replacing the profile's split (e.g. the leaky
+    by-image split that notebook 09 measures)."""
     from allkit.models import get_spec
     from allkit.perf import select_device
 
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     root, source = resolve_data_root(data)
     cells = load_cnmc(root)
-    split = make_split(cells.frame, profile.split if profile.split != "paper" or
+    split = split(cells.frame) if split is not None else make_split(cells.frame, profile.split if profile.split != "paper" or
                        (cells.frame["fold"] == "prelim").any() else "subject",
                        seed=profile.seed, val_size=profile.val_size, test_size=profile.test_size)
     frames = {"train": _subset(split.train, profile.max_train_cells, profile.seed),
@@ -164,14 +167,30 @@ def prepare(profile: Profile | str | None = None, data: str | os.PathLike | None
     return prepared, model
 
 
-def finetune(prepared: Prepared, model: torch.nn.Module, out: Path | None = None, *, progress: bool = True):
-    """Fine-tune the CNN with the paper's recipe (Adamax, lr 1e-3, batch 40). Returns the Trainer."""
+def finetune(prepared: Prepared, model: torch.nn.Module, out: Path | None = None, *, progress: bool = True,
+             recipe=None):
+    """Fine-tune the CNN with the paper's recipe (Adamax, lr 1e-3, batch 40) or ``recipe``
+    (see :mod:`allkit.recipes`). Returns the Trainer."""
+    return finetune_with(prepared, model, recipe, progress=progress,
+                         checkpoint_dir=None if out is None else out / "checkpoints")
+
+
+def finetune_with(prepared: Prepared, model: torch.nn.Module, recipe=None, *, seed: int | None = None,
+                  progress: bool = True, checkpoint_dir: Path | None = None):
+    """Fine-tune with a recipe (``None``: the paper's) at the profile's size, epochs and batch; ``seed``
+    (default: the profile's) drives shuffling, augmentation and dropout. Returns the Trainer."""
+    from allkit.recipes import get_recipe
     from allkit.train import Trainer
 
     p = prepared.profile
-    trainer = Trainer(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed, normalize=prepared.normalize,
-                      device=prepared.device, max_batches=p.max_batches, progress=progress,
-                      checkpoint_dir=None if out is None else out / "checkpoints")
+    kwargs = get_recipe(recipe).trainer_kwargs()
+    if p.lr != kwargs["lr"] and get_recipe(recipe).name == "paper":
+        kwargs["lr"] = p.lr  # a profile that sets its own learning rate keeps it under the paper's recipe
+    if kwargs["keep_best"] and "val" not in prepared.datasets:
+        kwargs["keep_best"] = False  # nothing to choose the best epoch on
+    trainer = Trainer(epochs=p.epochs, batch_size=p.batch_size, seed=p.seed if seed is None else seed,
+                      normalize=prepared.normalize, device=prepared.device, max_batches=p.max_batches,
+                      progress=progress, checkpoint_dir=checkpoint_dir, **kwargs)
     trainer.fit(model, prepared.datasets["train"], prepared.datasets.get("val"))
     return trainer
 

@@ -69,6 +69,7 @@ CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "allkit-trainer-checkpoint"
 CHECKPOINT_VERSION = 1
 OPTIMIZERS = ("adamax", "adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 # Parameters that change the trained weights: a resumed run must use the same values.
 _RESULT_PARAMS = ("batch_size", "lr", "optimizer", "seed", "class_weight", "normalize", "augment",
                   "max_batches", "aux_weight")
@@ -347,6 +348,11 @@ class Trainer:
         max_batches: stop each epoch (and each validation pass during ``fit``) after this many batches:
             quick runs and CI.
         aux_weight: weight of Inception-v3's auxiliary loss in train mode (0.4, torchvision's recipe).
+        lr_schedule: ``"constant"`` (the paper) or ``"cosine"``: the learning rate follows a half cosine from
+            ``lr`` to 0 over all training steps, after a linear warm-up over the first ``warmup_epochs``.
+            Computed from the step number, so a resumed run follows the same schedule.
+        warmup_epochs: length of the linear warm-up of the cosine schedule (may be fractional).
+        label_smoothing: cross-entropy label smoothing of the training loss (0: none, the paper).
 
     Fitted attributes: ``history_`` (one dict per epoch: ``epoch`` (1-based), ``train_loss``, ``train_acc``,
     ``val_loss``, ``val_acc`` (None without validation), ``seconds`` (whole epoch), ``train_seconds``,
@@ -377,6 +383,9 @@ class Trainer:
         num_workers: int | None = None,
         max_batches: int | None = None,
         aux_weight: float = 0.4,
+        lr_schedule: str = "constant",
+        warmup_epochs: float = 0.0,
+        label_smoothing: float = 0.0,
     ):
         self.epochs = epochs
         self.batch_size = batch_size
@@ -395,6 +404,9 @@ class Trainer:
         self.num_workers = num_workers
         self.max_batches = max_batches
         self.aux_weight = aux_weight
+        self.lr_schedule = lr_schedule
+        self.warmup_epochs = warmup_epochs
+        self.label_smoothing = label_smoothing
 
     # ---------------------------------------------------------------- parameters
     def _check_params(self) -> None:
@@ -422,6 +434,22 @@ class Trainer:
         if not (isinstance(self.augment, bool) or callable(self.augment)):
             raise ValueError(f"augment={self.augment!r}; expected True, False or a module (batch, generator)")
         _check_normalize(self.normalize)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r}; expected one of {LR_SCHEDULES}")
+        if not (isinstance(self.warmup_epochs, (int, float)) and 0 <= self.warmup_epochs < self.epochs):
+            raise ValueError(f"warmup_epochs={self.warmup_epochs!r}; expected a number in [0, epochs)")
+        if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
+            raise ValueError(f"label_smoothing={self.label_smoothing!r}; expected a number in [0, 1)")
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of optimisation step ``step`` (0-based) out of ``total_steps``."""
+        if self.lr_schedule == "constant":
+            return float(self.lr)
+        warmup = self.warmup_epochs / self.epochs * total_steps
+        if step < warmup:
+            return float(self.lr) * (step + 1) / warmup
+        progress = (step - warmup) / max(1.0, total_steps - warmup)
+        return float(self.lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     def get_params(self) -> dict:
         """The constructor arguments, as plain values (what checkpoints record)."""
@@ -442,7 +470,7 @@ class Trainer:
 
         names = ("epochs", "batch_size", "lr", "optimizer", "device", "amp", "channels_last", "seed",
                  "class_weight", "keep_best", "checkpoint_dir", "normalize", "augment", "progress",
-                 "num_workers", "max_batches", "aux_weight")
+                 "num_workers", "max_batches", "aux_weight", "lr_schedule", "warmup_epochs", "label_smoothing")
         return {name: plain(getattr(self, name)) for name in names}
 
     @property
@@ -596,6 +624,10 @@ class Trainer:
             bar = tqdm(itertools.islice(loader, n_batches), total=n_batches, unit="batch",
                        desc=f"Epoch {epoch}/{self.epochs}", disable=not self.progress, leave=True)
             for index, (images, labels) in enumerate(bar):
+                if self.lr_schedule != "constant":
+                    lr_now = self.lr_at((epoch - 1) * n_batches + index, self.epochs * n_batches)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_now
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 if augmenter is not None:
@@ -604,10 +636,11 @@ class Trainer:
                 with _autocast(device, amp_dtype):
                     output = model(x)
                 logits = _main_logits(output).float()
-                loss = F.cross_entropy(logits, labels, weight=loss_weight)
+                loss = F.cross_entropy(logits, labels, weight=loss_weight, label_smoothing=self.label_smoothing)
                 aux = _aux_logits(output)
                 if aux is not None and self.aux_weight:
-                    loss = loss + self.aux_weight * F.cross_entropy(aux.float(), labels, weight=loss_weight)
+                    loss = loss + self.aux_weight * F.cross_entropy(aux.float(), labels, weight=loss_weight,
+                                                                    label_smoothing=self.label_smoothing)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     bar.close()
