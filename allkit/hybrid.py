@@ -227,8 +227,11 @@ def cnn_predict_proba(
     device: torch.device | str | None = None,
     normalize: bool = True,
     progress: bool = False,
+    tta: bool = False,
 ) -> np.ndarray:
     """Class probabilities of the CNN alone (softmax of its 2-class head): float32 ``(N, 2)``, ``[HEM, ALL]``.
+
+    ``tta=True``: the mean softmax over the eight dihedral views of each cell (:func:`allkit.tta.tta_proba`).
 
     This is the paper's "CNN alone" baseline (0.81 accuracy) to compare with the hybrid (0.85). The
     same evaluation preprocessing as :meth:`HybridClassifier.extract_features`; ``device=None`` runs
@@ -236,6 +239,21 @@ def cnn_predict_proba(
     """
     from allkit.models import LogitsExtractor
 
+    if tta:
+        from allkit.tta import DIHEDRAL_VIEWS, DihedralView, softmax
+
+        total = np.zeros((len(dataset), len(CLASS_NAMES)), dtype=np.float64)
+        for turns, flip in DIHEDRAL_VIEWS:
+            view = DihedralView(LogitsExtractor(cnn), turns, flip)
+            view.training = cnn.training
+            logits = _run(view, dataset, batch_size=batch_size,
+                          device=_module_device(cnn) if device is None else _resolve_device(device),
+                          normalize=normalize, progress=progress, desc="CNN predictions (8 views)")
+            if logits.shape[1] != len(CLASS_NAMES):
+                raise ModelError(f"the CNN has a {logits.shape[1]}-output head; cnn_predict_proba expects "
+                                 f"{len(CLASS_NAMES)} outputs (HEM, ALL)")
+            total += softmax(logits)
+        return (total / len(DIHEDRAL_VIEWS)).astype(np.float32)
     wrapper = LogitsExtractor(cnn)
     wrapper.training = cnn.training  # so that batched_inference restores the CNN's own mode
     logits = _run(
@@ -336,6 +354,9 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         seed: XGBoost's ``random_state`` and the seed of a randomly initialised CNN.
         feature_cache_dir: folder for ``.npy`` feature caches (``None``: memory only).
         progress: show tqdm progress bars during extraction.
+        tta: predict a dataset as the mean of XGBoost's probabilities over the eight dihedral views of each
+            cell (flips and quarter turns; :mod:`allkit.tta`), as the improved recipe does. Fitting always
+            uses the plain view. Saved with the model, so ``allkit evaluate`` applies it too.
 
     Fitted attributes: ``classes_`` (``[0, 1]``), ``cnn_``, ``xgb_`` (the ``XGBClassifier``), ``booster_``,
     ``n_features_in_``, ``evals_result_`` (``{set name: {"error": [...], "auc": [...]}}``, one value per
@@ -358,6 +379,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         seed: int = SEED,
         feature_cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
+        tta: bool = False,
     ):
         self.backbone = backbone
         self.cnn = cnn
@@ -373,6 +395,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.feature_cache_dir = feature_cache_dir
         self.progress = progress
+        self.tta = tta
 
     # ---------------------------------------------------------------------------------------- helpers
 
@@ -654,12 +677,32 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------------------------- predict
 
     def predict_proba(self, X) -> np.ndarray:
-        """Probabilities ``(N, 2)``, columns in ``classes_`` order: ``[P(HEM), P(ALL)]``."""
+        """Probabilities ``(N, 2)``, columns in ``classes_`` order: ``[P(HEM), P(ALL)]``.
+
+        With ``tta=True`` and a dataset, the mean over the eight dihedral views of every cell
+        (:mod:`allkit.tta`); a feature array is always predicted as given.
+        """
         self._check_fitted()
-        features = self._as_features(X)
+        if self.tta and _is_dataset(X):
+            return np.mean([self._xgb_proba(self._view_features(X, view)) for view in range(8)], axis=0)
+        return self._xgb_proba(self._as_features(X))
+
+    def _xgb_proba(self, features: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_DEVICE_FALLBACK_WARNING)
             return self.xgb_.predict_proba(features)
+
+    def _view_features(self, dataset, view: int) -> np.ndarray:
+        from allkit.tta import DIHEDRAL_VIEWS, DihedralView
+
+        if view == 0:
+            return self.extract_features(dataset)
+        self._ensure_cnn()
+        self._check_dataset_preprocessing(dataset)
+        turns, flip = DIHEDRAL_VIEWS[view]
+        return _run(DihedralView(self._extractor(), turns, flip), dataset, batch_size=self.batch_size,
+                    device=self.device_, normalize=self.normalize, progress=self.progress,
+                    desc=f"CNN {self.feature_source}, view {view}")
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels (0 = HEM, 1 = ALL)."""

@@ -195,14 +195,16 @@ def finetune_with(prepared: Prepared, model: torch.nn.Module, recipe=None, *, se
     return trainer
 
 
-def fit_hybrid(prepared: Prepared, model: torch.nn.Module, *, progress: bool = True, feature_source="features"):
-    """XGBoost (eta 0.35) on the fine-tuned CNN's pooled features; records error and AUC per round."""
+def fit_hybrid(prepared: Prepared, model: torch.nn.Module, *, progress: bool = True, feature_source="features",
+               tta: bool = False):
+    """XGBoost (eta 0.35) on the fine-tuned CNN's pooled features; records error and AUC per round.
+    ``tta``: the fitted hybrid predicts over the eight dihedral views (the improved recipe)."""
     from allkit.hybrid import HybridClassifier
 
     p = prepared.profile
     hybrid = HybridClassifier(backbone=prepared.backbone, cnn=model, normalize=prepared.normalize, eta=p.xgb_eta,
                               n_estimators=p.xgb_estimators, batch_size=p.batch_size, device=prepared.device,
-                              seed=p.seed, feature_source=feature_source, progress=progress)
+                              seed=p.seed, feature_source=feature_source, progress=progress, tta=tta)
     sets = [(name, prepared.datasets[name]) for name in ("train", "val") if name in prepared.datasets]
     hybrid.fit(prepared.datasets["train"], eval_sets=[("validation" if n == "val" else n, d) for n, d in sets])
     return hybrid
@@ -294,34 +296,49 @@ def make_figures(run: Run, *, gradcam_cells: int | None = None) -> dict[str, Pat
     return figures
 
 
+def with_recipe(profile: Profile | str | None, recipe) -> Profile:
+    """The profile with the recipe's normalisation (when the recipe sets one)."""
+    from allkit.recipes import get_recipe
+
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    chosen = get_recipe(recipe)
+    return profile if chosen.normalize is None else profile.with_overrides(normalize=chosen.normalize)
+
+
 def reproduce(profile: Profile | str | None = None, data=None, *, out: str | os.PathLike | None = None,
               backbone: str | None = None, weights: str | None = None, device: str = "auto",
-              progress: bool = True, figures: bool = True) -> Run:
-    """The whole method; writes ``out/metrics.json``, ``out/model/`` and the figures. Returns the Run."""
+              progress: bool = True, figures: bool = True, recipe=None) -> Run:
+    """The whole method; writes ``out/metrics.json``, ``out/model/`` and the figures. Returns the Run.
+
+    ``recipe``: ``None``/``"paper"`` (the paper's fine-tune) or ``"improved"`` (:mod:`allkit.recipes`)."""
     from allkit.hybrid import cnn_predict_proba
+    from allkit.recipes import get_recipe
 
     started = time.perf_counter()
-    prepared, model = prepare(profile, data, backbone=backbone, weights=weights, device=device, progress=progress)
+    chosen = get_recipe(recipe)
+    prepared, model = prepare(with_recipe(profile, chosen), data, backbone=backbone, weights=weights,
+                              device=device, progress=progress)
     out = Path(out) if out is not None else RUNS_DIR / prepared.profile.name
     out.mkdir(parents=True, exist_ok=True)
     if "test" not in prepared.datasets:
         raise AllkitError("the split has no test cells; cannot evaluate")
 
     t0 = time.perf_counter()
-    trainer = finetune(prepared, model, out, progress=progress)
+    trainer = finetune(prepared, model, out, progress=progress, recipe=chosen)
     train_seconds = time.perf_counter() - t0
     test = prepared.datasets["test"]
     p = prepared.profile
     cnn_proba = cnn_predict_proba(model, test, batch_size=p.batch_size, normalize=prepared.normalize,
-                                  device=prepared.device, progress=progress)
+                                  device=prepared.device, progress=progress, tta=chosen.tta)
 
     t0 = time.perf_counter()
-    hybrid = fit_hybrid(prepared, model, progress=progress)
+    hybrid = fit_hybrid(prepared, model, progress=progress, tta=chosen.tta)
     hybrid_seconds = time.perf_counter() - t0
     hybrid_proba = hybrid.predict_proba(test)
     metrics = {
-        "run_card": prepared.card(),
+        "run_card": {**prepared.card(), "recipe": chosen.name},
         "profile": p.to_dict(),
+        "recipe": chosen.to_dict(),
         "notes": prepared.notes,
         "history": trainer.history_,
         "cnn": evaluate_predictions(test.frame, cnn_proba, n_boot=p.n_boot, seed=p.seed),
@@ -360,11 +377,13 @@ CNN_FILE = "cnn.pt"
 TRAIN_MANIFEST = "train.json"
 
 
-def save_cnn(out: Path, prepared: Prepared, model: torch.nn.Module, history: list[dict]) -> Path:
+def save_cnn(out: Path, prepared: Prepared, model: torch.nn.Module, history: list[dict], recipe=None) -> Path:
     """Write the fine-tuned CNN (state_dict) and what is needed to rebuild its data split."""
+    from allkit.recipes import get_recipe
+
     torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / CNN_FILE)
     _write_json_atomic(out / TRAIN_MANIFEST, {"run_card": prepared.card(), "profile": prepared.profile.to_dict(),
-                                              "history": history})
+                                              "recipe": get_recipe(recipe).name, "history": history})
     return out / CNN_FILE
 
 

@@ -371,3 +371,59 @@ def test_optimize_for_inference_folds_batchnorm():
     x = torch.randn(4, 3, SIZE, SIZE)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# learning-rate schedule, label smoothing (the improved recipe)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    trainer = Trainer(epochs=4, lr=1e-3, lr_schedule="cosine", warmup_epochs=1)
+    total = 40
+    lrs = [trainer.lr_at(step, total) for step in range(total)]
+    assert lrs[0] == pytest.approx(1e-3 / 10)  # warm-up over 10 steps (1 of 4 epochs)
+    assert lrs[9] == pytest.approx(1e-3)
+    assert all(b > a for a, b in zip(lrs[:10], lrs[1:10], strict=False))
+    assert all(b <= a for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[-1] < 1e-3 * 0.01
+    assert Trainer(lr=2e-3).lr_at(5, 40) == 2e-3  # constant: the paper
+
+
+def test_cosine_schedule_is_applied_and_recorded(data):
+    trainer = quick(epochs=3, lr_schedule="cosine")
+    trainer.fit(tiny(), data["train"], data["val"])
+    lrs = [h["lr"] for h in trainer.history_]
+    assert lrs[0] > lrs[1] > lrs[2] >= 0
+    assert lrs[0] < 3e-3
+
+
+def test_cosine_resume_equals_uninterrupted(data, tmp_path):
+    uninterrupted = tiny()
+    quick(epochs=3, lr_schedule="cosine", warmup_epochs=0.5).fit(uninterrupted, data["train"], data["val"])
+    batches = math.ceil(len(data["train"]) / 8)
+    with pytest.raises(KeyboardInterrupt):
+        quick(epochs=3, lr_schedule="cosine", warmup_epochs=0.5, checkpoint_dir=tmp_path).fit(
+            tiny(cls=Crashing, at=batches + 2), data["train"], data["val"])
+    resumed = tiny(seed=5)
+    quick(epochs=3, lr_schedule="cosine", warmup_epochs=0.5, checkpoint_dir=tmp_path).fit(
+        resumed, data["train"], data["val"], resume=True)
+    assert same_weights(resumed, uninterrupted)
+
+
+def test_label_smoothing_changes_the_loss_and_training(data):
+    plain, smooth = tiny(), tiny()
+    a = quick(epochs=1).fit(plain, data["train"])
+    b = quick(epochs=1, label_smoothing=0.2).fit(smooth, data["train"])
+    assert a.history_[0]["train_loss"] != pytest.approx(b.history_[0]["train_loss"])
+    assert not same_weights(plain, smooth)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr_schedule": "step"}, "lr_schedule"),
+    ({"warmup_epochs": 5, "epochs": 3}, "warmup_epochs"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
+])
+def test_schedule_parameters_are_checked(data, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        quick(**kwargs).fit(tiny(), data["train"])

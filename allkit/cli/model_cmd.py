@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 from allkit.profiles import PROFILES
+from allkit.recipes import RECIPES
 
 REPRODUCE_EXAMPLES = """\
 examples:
   allkit reproduce --profile ci --data ../shared/data --out runs/ci
   allkit reproduce --profile sample --data ../shared/data --backbone efficientnet_lite0 --weights offline --out runs/sample
   allkit reproduce --profile paper --data data --out runs/paper          # Colab GPU, full C-NMC
+  allkit reproduce --profile sample --data ../shared/data --recipe improved --out runs/improved
 """
 EVALUATE_EXAMPLES = """\
 examples:
@@ -22,6 +24,11 @@ TRAIN_EXAMPLES = """\
 examples:
   allkit train --profile ci --data ../shared/data --out runs/cnn
   allkit fit-hybrid --cnn runs/cnn --out runs/cnn/model
+"""
+EXPERIMENTS_EXAMPLES = """\
+examples:
+  allkit experiments --profile ci --data ../shared/data
+  allkit experiments --profile sample --data ../shared/data       # what notebooks 09-11 show (hours on a CPU)
 """
 GRADCAM_EXAMPLES = """\
 examples:
@@ -40,16 +47,24 @@ def _common(parser, *, data_help="C-NMC root (default: ALLKIT_DATA, data/, synth
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _recipe(parser) -> None:
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
+                        help="how the CNN is fine-tuned and predicts: the paper's, or the improved one selected "
+                             "on validation subjects (allkit/recipes.py, notebook 11)")
+
+
 def register(commands, formatter) -> None:
     rep = commands.add_parser("reproduce", help="the whole method end to end", epilog=REPRODUCE_EXAMPLES,
                               formatter_class=formatter)
     _common(rep)
+    _recipe(rep)
     rep.add_argument("--out", required=True, help="output folder (metrics.json, model/, figures)")
     rep.set_defaults(handler=run_reproduce)
 
     train = commands.add_parser("train", help="fine-tune the CNN only", epilog=TRAIN_EXAMPLES,
                                 formatter_class=formatter)
     _common(train)
+    _recipe(train)
     train.add_argument("--out", required=True, help="output folder (cnn.pt, train.json, checkpoints/)")
     train.add_argument("--epochs", type=int, help="override the profile's epochs")
     train.set_defaults(handler=run_train)
@@ -68,6 +83,14 @@ def register(commands, formatter) -> None:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--allow-unknown-subjects", action="store_true")
     ev.set_defaults(handler=run_evaluate)
+
+    exp = commands.add_parser("experiments", help="the controlled fine-tunes of notebooks 09-11",
+                              epilog=EXPERIMENTS_EXAMPLES, formatter_class=formatter)
+    exp.add_argument("--data", help="C-NMC root (default: ALLKIT_DATA, data/, synthetic)")
+    exp.add_argument("--profile", choices=sorted(PROFILES), help="run profile (default: ALLKIT_PROFILE or sample)")
+    exp.add_argument("--runs", help="runs folder (default: ALLKIT_RUNS or runs/); results go to RUNS/<profile>/experiments")
+    exp.add_argument("--quiet", action="store_true", help="no progress bars")
+    exp.set_defaults(handler=run_experiments)
 
     cam = commands.add_parser("gradcam", help="Grad-CAM heatmaps for image files", epilog=GRADCAM_EXAMPLES,
                               formatter_class=formatter)
@@ -93,9 +116,9 @@ def run_reproduce(args) -> int:
     from allkit.pipeline import reproduce
 
     run = reproduce(args.profile, args.data, out=args.out, backbone=args.backbone, weights=args.weights,
-                    device=args.device, progress=not args.quiet)
+                    device=args.device, progress=not args.quiet, recipe=args.recipe)
     card = run.card
-    print(f"run card: profile {card['profile']}, data {card['data']} ({card['data_source']}"
+    print(f"run card: profile {card['profile']}, recipe {args.recipe}, data {card['data']} ({card['data_source']}"
           f"{', SYNTHETIC' if card['synthetic'] else ''}), backbone {card['backbone']} ({card['weights_note']}), "
           f"device {card['device']}")
     _print_metrics("CNN alone (test)", run.metrics["cnn"])
@@ -105,18 +128,16 @@ def run_reproduce(args) -> int:
 
 
 def run_train(args) -> int:
-    from allkit.pipeline import finetune, prepare, save_cnn
+    from allkit.pipeline import finetune, prepare, save_cnn, with_recipe
 
-    profile = None
+    profile = with_recipe(args.profile, args.recipe)
     if args.epochs is not None:
-        from allkit.profiles import get_profile
-
-        profile = get_profile(args.profile).with_overrides(epochs=args.epochs)
-    prepared, model = prepare(profile or args.profile, args.data, backbone=args.backbone, weights=args.weights,
+        profile = profile.with_overrides(epochs=args.epochs)
+    prepared, model = prepare(profile, args.data, backbone=args.backbone, weights=args.weights,
                               device=args.device, progress=not args.quiet)
     out = Path(args.out)
-    trainer = finetune(prepared, model, out, progress=not args.quiet)
-    save_cnn(out, prepared, model, trainer.history_)
+    trainer = finetune(prepared, model, out, progress=not args.quiet, recipe=args.recipe)
+    save_cnn(out, prepared, model, trainer.history_, recipe=args.recipe)
     last = trainer.history_[-1]
     print(f"trained {prepared.backbone} for {len(trainer.history_)} epoch(s): train acc {last['train_acc']:.3f}"
           + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "")
@@ -125,10 +146,12 @@ def run_train(args) -> int:
 
 
 def run_fit_hybrid(args) -> int:
-    from allkit.pipeline import fit_hybrid, load_cnn
+    from allkit.pipeline import TRAIN_MANIFEST, fit_hybrid, load_cnn
+    from allkit.recipes import get_recipe
 
     prepared, model = load_cnn(args.cnn, progress=not args.quiet)
-    hybrid = fit_hybrid(prepared, model, progress=not args.quiet)
+    recipe = get_recipe(json.loads((Path(args.cnn) / TRAIN_MANIFEST).read_text()).get("recipe"))
+    hybrid = fit_hybrid(prepared, model, progress=not args.quiet, tta=recipe.tta)
     out = Path(args.out) if args.out else Path(args.cnn) / "model"
     hybrid.save(out)
     for name in ("val", "test"):
@@ -157,6 +180,21 @@ def run_evaluate(args) -> int:
     cm = result["confusion_matrix"]
     print("confusion matrix (rows true, columns predicted):")
     print(f"          HEM    ALL\n  HEM {cm[0][0]:6d} {cm[0][1]:6d}\n  ALL {cm[1][0]:6d} {cm[1][1]:6d}")
+    return 0
+
+
+def run_experiments(args) -> int:
+    from allkit.experiments import run_variant, study_variants
+    from allkit.profiles import get_profile
+    from allkit.recipe_study import study_seeds
+
+    profile = get_profile(args.profile)
+    variants = study_variants(seeds=study_seeds(profile))
+    for i, variant in enumerate(variants, 1):
+        run = run_variant(variant, profile, args.data, runs_dir=args.runs, progress=not args.quiet)
+        last = run.history[-1]
+        print(f"[{i}/{len(variants)}] {variant.name}: val accuracy (CNN, last epoch) "
+              f"{last['val_acc']:.3f}; {run.dir}")
     return 0
 
 

@@ -1,0 +1,90 @@
+"""Is the improved recipe better than the paper's? Selection on validation, verdict on test, several seeds.
+
+The protocol (notebook ``11_improved_recipe``): candidates are compared on the **validation** subjects only
+(:func:`selection_rows`); the chosen recipe is then fine-tuned with several training seeds, as is the
+paper's, on the same subject-wise split, and both are scored once on the **test** subjects
+(:func:`comparison_rows`, :func:`summary`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from allkit.experiments import VariantRun, score_row
+from allkit.profiles import Profile
+
+
+def study_seeds(profile: Profile) -> tuple[int, ...]:
+    """Training seeds per recipe: three, except in the ``ci`` profile (one, to keep the tests fast)."""
+    return (profile.seed,) if profile.name == "ci" else (profile.seed, profile.seed + 1, profile.seed + 2)
+
+
+def recipe_variant(recipe: str, seed: int, profile: Profile):
+    """The :class:`allkit.experiments.Variant` of ``recipe`` at training ``seed`` (named as in
+    :func:`allkit.experiments.study_variants`, so the same fine-tune is found on disk)."""
+    from allkit.experiments import Variant
+
+    name = recipe if seed == profile.seed else f"{recipe}-seed{seed}"
+    return Variant(name, recipe=recipe, seed=None if seed == profile.seed else seed)
+
+
+def predict(run: VariantRun, split: str, *, model: str = "hybrid", tta: bool | None = None) -> np.ndarray:
+    """``[HEM, ALL]`` probabilities of ``run`` on ``split``: the hybrid or the CNN alone, with dihedral
+    test-time augmentation if ``tta`` (default: what the run's recipe says)."""
+    kind = "tta" if (run.recipe.tta if tta is None else tta) else "plain"
+    if model == "hybrid":
+        return run.hybrid_proba(split, kind)
+    if model == "cnn":
+        return run.cnn_proba(split, kind)
+    raise ValueError(f"model={model!r}; expected 'hybrid' or 'cnn'")
+
+
+def selection_rows(paper: VariantRun, improved: VariantRun, *, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Validation scores of every combination: fine-tune (paper / improved) x model (CNN / hybrid) x
+    test-time views (one / eight). Only the validation subjects are used."""
+    rows = []
+    for fine_tune, run in (("paper", paper), ("improved", improved)):
+        frame = run.frame("val")
+        for model in ("cnn", "hybrid"):
+            for tta in (False, True):
+                name = f"{fine_tune} fine-tune, {'hybrid' if model == 'hybrid' else 'CNN alone'}, " \
+                       f"{'8 dihedral views' if tta else 'one view'}"
+                rows.append({**score_row(name, frame, predict(run, "val", model=model, tta=tta), n_boot=n_boot,
+                                         seed=seed),
+                             "fine_tune": fine_tune, "model": model, "tta": tta})
+    return rows
+
+
+def best_on_validation(rows: list[dict], model: str = "hybrid") -> dict:
+    """The improved fine-tune's row with the highest validation accuracy for ``model`` (ties: one view,
+    the cheaper)."""
+    candidates = [r for r in rows if r["fine_tune"] == "improved" and r["model"] == model]
+    return max(candidates, key=lambda r: (r["accuracy"], not r["tta"]))
+
+
+def comparison_rows(paper_runs: list[VariantRun], improved_runs: list[VariantRun], *, split: str = "test",
+                    model: str = "hybrid", n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Per training seed, each recipe as it is defined (the improved one with its test-time views)."""
+    rows = []
+    for recipe, runs in (("paper", paper_runs), ("improved", improved_runs)):
+        for run in runs:
+            rows.append({**score_row(f"{recipe} recipe, seed {run.seed}", run.frame(split),
+                                     predict(run, split, model=model), n_boot=n_boot, seed=seed),
+                         "recipe": recipe, "seed": run.seed})
+    return rows
+
+
+def summary(rows: list[dict]) -> pd.DataFrame:
+    """Mean and range over seeds per recipe, and the improved recipe's gain in accuracy points."""
+    frame = pd.DataFrame(rows)
+    out = frame.groupby("recipe").agg(seeds=("seed", "count"), accuracy_mean=("accuracy", "mean"),
+                                      accuracy_min=("accuracy", "min"), accuracy_max=("accuracy", "max"),
+                                      weighted_f1_mean=("weighted_f1", "mean"), roc_auc_mean=("roc_auc", "mean"))
+    return out.reindex(["paper", "improved"])
+
+
+def gain_points(rows: list[dict]) -> float:
+    """Improved minus paper, mean accuracy over seeds, in percentage points."""
+    table = summary(rows)
+    return float(100 * (table.loc["improved", "accuracy_mean"] - table.loc["paper", "accuracy_mean"]))

@@ -1,0 +1,261 @@
+"""Controlled experiments (allkit.experiments), test-time views (allkit.tta), recipes, the authors'-code
+measurements (allkit.pitfalls) and the recipe study, on the synthetic stand-in with a tiny profile."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from allkit import pitfalls, recipe_study
+from allkit.errors import AllkitError
+from allkit.experiments import Variant, format_rows, run_variant, score_row
+from allkit.hybrid import cnn_predict_proba
+from allkit.profiles import Profile
+from allkit.recipes import RECIPES, get_recipe
+from allkit.tta import DIHEDRAL_VIEWS, DihedralView, RandomViews, extract, tta_proba
+
+PROFILE = Profile(name="unit", split="subject", backbone="efficientnet_lite0", weights="offline",
+                  fallback_backbone=None, image_size=64, epochs=1, xgb_estimators=8, n_boot=30, n_gradcam=1)
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("experiments")
+    variants = {"paper": Variant("paper"), "improved": Variant("improved", recipe="improved"),
+                "head": Variant("authors-head", head="imagenet"), "raw": Variant("no-normalization", normalize=False),
+                "image": Variant("image-split", split="image")}
+    return {key: run_variant(v, PROFILE, synthetic_root, runs_dir=folder, progress=False)
+            for key, v in variants.items()}, folder
+
+
+# ---------------------------------------------------------------------------------------------- variants
+
+
+def test_variant_writes_model_meta_and_outputs(runs):
+    paper = runs[0]["paper"]
+    assert (paper.dir / "cnn.pt").is_file()
+    meta = json.loads((paper.dir / "meta.json").read_text())
+    assert meta["variant"]["name"] == "paper" and meta["recipe"]["name"] == "paper"
+    assert meta["run_card"]["synthetic"] and meta["run_card"]["backbone"] == "efficientnet_lite0"
+    for split in ("train", "val", "test"):
+        out = paper.outputs(split)
+        assert out.dtype == np.float32 and out.shape == (len(paper.frame(split)), 1280 + 2)
+
+
+def test_finished_variant_is_loaded_not_retrained(runs, synthetic_root, monkeypatch):
+    import allkit.pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished experiment was fine-tuned again")
+
+    monkeypatch.setattr(allkit.pipeline, "finetune_with", refuse)
+    again = run_variant(Variant("paper"), PROFILE, synthetic_root, runs_dir=runs[1], progress=False)
+    assert again.dir == runs[0]["paper"].dir
+    np.testing.assert_array_equal(again.cnn_proba("test"), runs[0]["paper"].cnn_proba("test"))
+
+
+def test_a_changed_choice_is_a_new_experiment(runs):
+    dirs = {run.dir for run in runs[0].values()}
+    assert len(dirs) == len(runs[0])
+
+
+def test_cnn_proba_matches_the_pipeline_path(runs):
+    run = runs[0]["paper"]
+    run._ensure_loaded()
+    expected = cnn_predict_proba(run.model, run.prepared.datasets["test"], normalize=run.prepared.normalize,
+                                 device="cpu")
+    np.testing.assert_allclose(run.cnn_proba("test"), expected, atol=1e-5)
+
+
+def test_hybrid_proba_is_a_probability_and_xgb_params_matter(runs):
+    run = runs[0]["paper"]
+    proba = run.hybrid_proba("test")
+    assert proba.shape == (len(run.frame("test")), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    weighted = run.hybrid_proba("test", xgb_params={"scale_pos_weight": 0.1})
+    assert not np.allclose(proba, weighted)
+
+
+def test_kept_imagenet_head_gives_1000_logits(runs):
+    head = runs[0]["head"]
+    assert head.outputs("test").shape[1] == 1280 + 1000
+    assert head.hybrid("logits").n_features_in_ == 1000
+    assert 0.0 <= pitfalls.outside_binary(head) <= 1.0
+
+
+def test_image_split_is_leaky_with_the_subject_split_sizes(runs):
+    paper, image = runs[0]["paper"], runs[0]["image"]
+    for split in ("train", "val", "test"):
+        assert abs(len(image.frame(split)) - len(paper.frame(split))) <= 1
+    train_subjects = set(image.frame("train")["subject"])
+    assert train_subjects & set(image.frame("test")["subject"])
+    assert not set(paper.frame("train")["subject"]) & set(paper.frame("test")["subject"])
+
+
+def test_no_normalization_variant_trains_on_raw_pixels(runs):
+    assert runs[0]["raw"].profile.normalize is False and runs[0]["paper"].profile.normalize is True
+
+
+def test_bad_variants_are_refused():
+    with pytest.raises(AllkitError, match="split"):
+        Variant("x", split="patient")
+    with pytest.raises(AllkitError, match="head"):
+        Variant("x", head="big")
+    with pytest.raises(AllkitError, match="recipe"):
+        Variant("x", recipe="magic")
+
+
+def test_unknown_view_is_refused(runs):
+    with pytest.raises(AllkitError, match="view"):
+        runs[0]["paper"].outputs("test", "d4-9")
+
+
+def test_score_row_and_format(runs):
+    run = runs[0]["paper"]
+    row = score_row("x", run.frame("test"), run.hybrid_proba("test"), n_boot=20)
+    assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
+    table = format_rows([row])
+    assert table.loc["x", "accuracy [95% CI]"].startswith(f"{row['accuracy']:.3f} [")
+
+
+# ---------------------------------------------------------------------------------------------- views
+
+
+class PointwisePool(nn.Module):
+    """1x1 convolution + global average pooling: exactly invariant to flips and quarter turns."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_dihedral_view_is_the_flip_then_rotation_of_the_input():
+    x = torch.rand(2, 3, 8, 8)
+    identity = nn.Identity()
+    for turns, flip in DIHEDRAL_VIEWS:
+        expected = torch.rot90(x.flip(-1) if flip else x, turns, dims=(-2, -1))
+        torch.testing.assert_close(DihedralView(identity, turns, flip)(x), expected)
+    views = {tuple(DihedralView(identity, t, f)(x).flatten().tolist()) for t, f in DIHEDRAL_VIEWS}
+    assert len(views) == 8
+
+
+def test_tta_of_an_invariant_model_equals_one_view():
+    x = torch.rand(3, 3, 16, 16)
+    model = PointwisePool().eval()
+    with torch.no_grad():
+        plain = torch.softmax(model(x), 1)
+        averaged = torch.stack([torch.softmax(DihedralView(model, t, f)(x), 1) for t, f in DIHEDRAL_VIEWS]).mean(0)
+    torch.testing.assert_close(averaged, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_tta_proba_is_the_mean_of_the_eight_views(runs):
+    run = runs[0]["improved"]
+    run._ensure_loaded()
+    dataset = run.prepared.datasets["test"]
+    kw = {"normalize": run.prepared.normalize, "device": "cpu"}
+    averaged = tta_proba(run.model, run.backbone, dataset, **kw)
+    np.testing.assert_allclose(run.cnn_proba("test", "tta"), averaged, atol=1e-5)
+    np.testing.assert_allclose(cnn_predict_proba(run.model, dataset, tta=True, **kw), averaged, atol=1e-5)
+    assert not np.allclose(averaged, run.cnn_proba("test"), atol=1e-6)
+
+
+def test_random_views_are_seeded(runs):
+    run = runs[0]["paper"]
+    run._ensure_loaded()
+    dataset = run.prepared.datasets["test"]
+    index = np.arange(len(dataset))
+    a = RandomViews(dataset, seed=1).__getitems__(index)[0]
+    b = RandomViews(dataset, seed=1).__getitems__(index)[0]
+    c = RandomViews(dataset, seed=2).__getitems__(index)[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a, dataset.__getitems__(index)[0])
+    kw = {"normalize": run.prepared.normalize, "device": "cpu"}
+    assert not np.allclose(extract(run.model, run.backbone, dataset, random_seed=1, **kw),
+                           extract(run.model, run.backbone, dataset, **kw))
+
+
+def test_hybrid_tta_predicts_the_mean_over_views_and_is_saved(runs, tmp_path):
+    from allkit.hybrid import HybridClassifier
+
+    run = runs[0]["improved"]
+    run._ensure_loaded()
+    hybrid = run.hybrid("features")
+    dataset = run.prepared.datasets["test"]
+    hybrid.set_params(tta=True)
+    np.testing.assert_allclose(hybrid.predict_proba(dataset), run.hybrid_proba("test", "tta"), atol=1e-5)
+    hybrid.save(tmp_path / "model")
+    assert HybridClassifier.load(tmp_path / "model").tta is True
+    hybrid.set_params(tta=False)
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+
+
+def test_recipes():
+    paper, improved = get_recipe("paper"), get_recipe("improved")
+    assert paper.trainer_kwargs()["augment"] is True and paper.lr_schedule == "constant" and not paper.tta
+    kwargs = improved.trainer_kwargs()
+    assert kwargs["augment"].degrees == 180.0 and kwargs["lr_schedule"] == "cosine" and kwargs["keep_best"]
+    assert get_recipe(None) is RECIPES["paper"]
+    with pytest.raises(AllkitError, match="unknown"):
+        get_recipe("magic")
+
+
+def test_improved_variant_keeps_its_best_epoch(runs):
+    improved = runs[0]["improved"]
+    assert improved.meta["best_epoch"] == 1 and improved.recipe.name == "improved"
+
+
+# ---------------------------------------------------------------------------------------------- studies
+
+
+def test_authors_code_rows_and_spread(runs):
+    r = runs[0]
+    rows = pitfalls.authors_code_rows(r["paper"], r["head"], r["raw"], n_boot=20)
+    assert [row["choice"] for row in rows] == ["-", "a", "b", "e"]
+    assert rows[1]["accuracy"] != rows[0]["accuracy"] or rows[1]["roc_auc"] != rows[0]["roc_auc"]
+    spread = pitfalls.unseeded_split_spread(r["paper"], n_draws=6)
+    assert len(spread) == 6 and spread["accuracy"].nunique() > 1
+    assert (spread["shared_subjects"] > 0).all()
+    row = pitfalls.spread_row(spread, "c")
+    assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
+    assert len(pitfalls.cnn_rows(r["paper"], r["head"], r["raw"], n_boot=20)) == 4
+
+
+def test_leakage_rows_and_overlap(runs):
+    rows = pitfalls.leakage_rows(runs[0]["paper"], runs[0]["image"], n_boot=20)
+    assert [(row["model"], row["split"]) for row in rows] == [
+        ("CNN", "by subject"), ("hybrid", "by subject"), ("CNN", "by image (leaky)"), ("hybrid", "by image (leaky)")]
+    overlap = pitfalls.split_overlap(runs[0]["image"])
+    assert overlap.loc["test", "subjects also in train"] > 0
+    assert pitfalls.split_overlap(runs[0]["paper"]).loc["test", "subjects also in train"] == 0
+
+
+def test_class_181_gradcam(runs):
+    authors, true = pitfalls.class_181_gradcam(runs[0]["head"], n_per_class=1)
+    assert authors.targets == [181, 181] and sorted(true.targets) == [0, 1]
+    assert authors.heatmaps.shape == true.heatmaps.shape
+    assert pitfalls.imagenet_class_name(181) == "Bedlington terrier"
+
+
+def test_recipe_study(runs):
+    r = runs[0]
+    rows = recipe_study.selection_rows(r["paper"], r["improved"], n_boot=20)
+    assert len(rows) == 8 and {row["fine_tune"] for row in rows} == {"paper", "improved"}
+    best = recipe_study.best_on_validation(rows)
+    assert best["accuracy"] == max(row["accuracy"] for row in rows
+                                   if row["fine_tune"] == "improved" and row["model"] == "hybrid")
+    comparison = recipe_study.comparison_rows([r["paper"]], [r["improved"]], n_boot=20)
+    gain = recipe_study.gain_points(comparison)
+    assert gain == pytest.approx(100 * (comparison[1]["accuracy"] - comparison[0]["accuracy"]))
+    assert recipe_study.study_seeds(PROFILE) == (42, 43, 44)
+    assert recipe_study.recipe_variant("paper", 43, PROFILE).seed == 43
