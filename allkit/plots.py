@@ -38,6 +38,8 @@ __all__ = [
     "plot_backbone_comparison",
     "plot_reliability",
     "plot_patient_level",
+    "plot_reliability_comparison",
+    "plot_gradcam_comparison",
     "save_figure",
 ]
 
@@ -509,3 +511,79 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# calibration: several probability sets on one reliability diagram
+# --------------------------------------------------------------------------------------------------
+def plot_reliability_comparison(
+    y_true,
+    probas: Mapping[str, Any],
+    n_bins: int = 10,
+    strategy: str = "uniform",
+    ax=None,
+    title: str = "Reliability before and after calibration",
+) -> Figure:
+    """One reliability curve per entry of ``probas`` (``{name: probability of ALL}``, e.g. before, Platt,
+    isotonic) on the same cells ``y_true``, with the diagonal of perfect calibration; each legend entry
+    gives that curve's ECE. Marker area grows with the number of cells in the bin, so a point resting on
+    three cells is seen to weigh less than one resting on three hundred.
+    """
+    if not isinstance(probas, Mapping) or not probas:
+        raise DataError("probas must be a non-empty mapping {name: probabilities of ALL}")
+    fig, ax = _new_axes(ax, figsize=(5.5, 5.5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    palette = sns.color_palette("deep", len(probas))
+    for color, (name, prob) in zip(palette, probas.items(), strict=True):
+        curve = reliability_curve(y_true, prob, n_bins=n_bins, strategy=strategy)
+        ece = expected_calibration_error(y_true, prob, n_bins=n_bins, strategy=strategy)
+        ax.plot(curve["mean_predicted"], curve["fraction_positive"], color=color, label=f"{name} (ECE {ece:.3f})")
+        sizes = 15 + 185 * curve["count"].to_numpy(float) / curve["count"].max()
+        ax.scatter(curve["mean_predicted"], curve["fraction_positive"], s=sizes, color=color, alpha=0.7,
+                   edgecolors="white", zorder=3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Mean predicted probability of ALL")
+    ax.set_ylabel("Observed fraction of ALL")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Grad-CAM: two targets on the same cells
+# --------------------------------------------------------------------------------------------------
+def plot_gradcam_comparison(first, second, titles: tuple[str, str] = ("target 1", "target 2"),
+                            image_weight: float = 0.5, title: str = "Grad-CAM, two targets") -> Figure:
+    """Each cell, then its Grad-CAM overlay for two targets side by side (one row per cell).
+
+    ``first`` and ``second`` are :class:`allkit.explain.GradCamResult` of the same images (e.g. ImageNet
+    class 181, as the authors' code asked, and the cell's true class).
+    """
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    if len(first) == 0 or len(first) != len(second):
+        raise DataError(f"expected two Grad-CAM results of the same non-empty set of images, got {len(first)} "
+                        f"and {len(second)} images")
+    if not np.array_equal(first.images, second.images):
+        raise DataError("the two Grad-CAM results explain different images: expected the same cells")
+    labels = first.labels if first.labels is not None else second.labels
+    n = len(first)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False, layout="constrained")
+    for i in range(n):
+        rgb = first.images[i].astype(np.float32) / 255.0
+        caption = f"true {CLASS_NAMES[labels[i]]}" if labels is not None else ""
+        axes[i, 0].imshow(first.images[i])
+        _image_axes(axes[i, 0], "original", caption)
+        for column, result in ((1, first), (2, second)):
+            overlay = show_cam_on_image(rgb, result.heatmaps[i], use_rgb=True, image_weight=image_weight)
+            axes[i, column].imshow(overlay)
+            _image_axes(axes[i, column], f"explains class {result.targets[i]}", caption)
+        if i == 0:
+            axes[i, 0].set_title("Cell")
+            axes[i, 1].set_title(titles[0])
+            axes[i, 2].set_title(titles[1])
+    fig.suptitle(title)
+    return fig

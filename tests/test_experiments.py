@@ -245,6 +245,14 @@ def test_class_181_gradcam(runs):
     assert authors.targets == [181, 181] and sorted(true.targets) == [0, 1]
     assert authors.heatmaps.shape == true.heatmaps.shape
     assert pitfalls.imagenet_class_name(181) == "Bedlington terrier"
+    from allkit.errors import DataError
+    from allkit.plots import plot_gradcam_comparison
+
+    fig = plot_gradcam_comparison(authors, true, titles=("class 181", "true class"))
+    assert len(fig.axes) == 3 * len(authors)
+    assert fig.axes[1].get_title() == "class 181" and fig.axes[1].get_xlabel() == "explains class 181"
+    with pytest.raises(DataError, match="same"):
+        plot_gradcam_comparison(authors, pitfalls.class_181_gradcam(runs[0]["head"], n_per_class=2)[1])
 
 
 def test_recipe_study(runs):

@@ -152,3 +152,36 @@ def test_real_sample_hybrid_on_held_out_subjects(real_root, tmp_path):
     val_accuracy = 1 - run.metrics["xgb_evals"]["validation"]["error"][-1]
     assert val_accuracy >= 0.8, f"hybrid accuracy on held-out validation subjects {val_accuracy:.3f}"
     assert run.metrics["hybrid"]["roc_auc"] >= 0.6, run.metrics["hybrid"]
+
+
+def test_reproduce_with_the_improved_recipe(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "improved"
+    code, stdout, _ = run_cli(["reproduce", "--profile", "ci", "--data", synthetic_root, "--out", out, "--quiet",
+                               "--recipe", "improved", *OFFLINE], capsys)
+    assert code == 0 and "recipe improved" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"]["name"] == "improved" and metrics["run_card"]["recipe"] == "improved"
+    assert metrics["recipe"]["lr_schedule"] == "cosine" and metrics["run_card"]["normalize"] is not False
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["params"]["tta"] is True
+    loaded = HybridClassifier.load(out / "model")
+    assert loaded.tta is True  # `allkit evaluate` predicts over the eight views too
+    from allkit.train import load_checkpoint
+
+    params = load_checkpoint(out / "checkpoints")["params"]  # what the Trainer actually ran with
+    assert params["lr_schedule"] == "cosine" and params["label_smoothing"] == 0.1 and params["keep_best"]
+
+
+def test_train_with_a_recipe_then_fit_hybrid_keeps_its_tta(synthetic_root, tmp_path, capsys):
+    code, _, _ = run_cli(["train", "--profile", "ci", "--data", synthetic_root, "--out", tmp_path, "--quiet",
+                          "--recipe", "improved", *OFFLINE], capsys)
+    assert code == 0
+    assert json.loads((tmp_path / "train.json").read_text())["recipe"] == "improved"
+    code, _, _ = run_cli(["fit-hybrid", "--cnn", tmp_path, "--quiet"], capsys)
+    assert code == 0 and HybridClassifier.load(tmp_path / "model").tta is True
+
+
+def test_unknown_recipe_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--recipe", "magic", "--out", "/tmp/x"])
+    assert "invalid choice: 'magic'" in capsys.readouterr().err
