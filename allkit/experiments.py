@@ -247,7 +247,7 @@ def run_variant(variant: Variant, profile: Profile | str | None = None, data=Non
         return VariantRun(variant, recipe, prof, seed, folder, json.loads(meta_path.read_text()))
 
     split = _image_split(prof) if variant.split == "image" else None
-    prepared, model = prepare(prof, root, progress=progress, split=split)
+    prepared, model = prepare(prof, root, progress=progress, split=split, init_seed=seed)
     if variant.head == "imagenet":
         model = build_model(prepared.backbone, prepared.weights, num_classes=1000)
     folder.mkdir(parents=True, exist_ok=True)

@@ -130,11 +130,12 @@ def choose_backbone(profile: Profile, backbone: str | None, weights: str | None)
 
 def prepare(profile: Profile | str | None = None, data: str | os.PathLike | None = None, *,
             backbone: str | None = None, weights: str | None = None, device: str = "auto",
-            progress: bool = True, split=None):
+            progress: bool = True, split=None, init_seed: int | None = None):
     """Load and split the data, build the cache and datasets, build the model. Returns ``(Prepared, model)``.
 
     ``split``: a callable ``frame -> allkit.data.Split`` replacing the profile's split (e.g. the leaky
-    by-image split that notebook 09 measures)."""
+    by-image split that notebook 09 measures). ``init_seed`` (default: the profile's seed) seeds the
+    initialisation of the new classification head."""
     from allkit.models import get_spec
     from allkit.perf import select_device
 
@@ -147,7 +148,11 @@ def prepare(profile: Profile | str | None = None, data: str | os.PathLike | None
     frames = {"train": _subset(split.train, profile.max_train_cells, profile.seed),
               "val": _subset(split.val, profile.max_eval_cells, profile.seed),
               "test": _subset(split.test, profile.max_eval_cells, profile.seed)}
-    model, name, chosen, note = choose_backbone(profile, backbone, weights)
+    # The new 2-class head is initialised from torch's global RNG: seed it, or the same profile and seed
+    # give a different fine-tune in every process (and the caller's RNG stream is left untouched).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(profile.seed if init_seed is None else int(init_seed))
+        model, name, chosen, note = choose_backbone(profile, backbone, weights)
     spec = get_spec(name)
     notes = list(cells.notes)
     if spec.name == "inception_v3" and profile.image_size < spec.input_size:

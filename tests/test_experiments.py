@@ -265,5 +265,6 @@ def test_recipe_study(runs):
     comparison = recipe_study.comparison_rows([r["paper"]], [r["improved"]], n_boot=20)
     gain = recipe_study.gain_points(comparison)
     assert gain == pytest.approx(100 * (comparison[1]["accuracy"] - comparison[0]["accuracy"]))
-    assert recipe_study.study_seeds(PROFILE) == (42, 43, 44)
+    assert recipe_study.study_seeds(PROFILE) == (42, 43)
+    assert recipe_study.study_seeds(PROFILE, 3) == (42, 43, 44)
     assert recipe_study.recipe_variant("paper", 43, PROFILE).seed == 43

@@ -185,3 +185,20 @@ def test_unknown_recipe_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "--recipe", "magic", "--out", "/tmp/x"])
     assert "invalid choice: 'magic'" in capsys.readouterr().err
+
+
+def test_prepare_seeds_the_new_head(synthetic_root):
+    """Same profile and seed -> the same initial model in any process state; another seed -> another head."""
+    import torch
+
+    from allkit.models import head_module
+    from allkit.pipeline import prepare
+
+    torch.manual_seed(123)
+    _, a = prepare("ci", synthetic_root, backbone="efficientnet_lite0", weights="offline", progress=False)
+    torch.rand(1000)  # consume the global RNG: must not matter
+    _, b = prepare("ci", synthetic_root, backbone="efficientnet_lite0", weights="offline", progress=False)
+    _, c = prepare("ci", synthetic_root, backbone="efficientnet_lite0", weights="offline", progress=False,
+                   init_seed=7)
+    wa, wb, wc = (head_module(m, "efficientnet_lite0").weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
