@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,offline,download]'
+	$(PY) -m pip install --quiet -e '.[dev,offline,download,onnx]'
 	touch $@
 
 data-check: setup

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         model_cmd = None
     if model_cmd is not None:
         model_cmd.register(commands, _Formatter)
+    from allkit.cli import export_cmd
+
+    export_cmd.register(commands, _Formatter)
     return parser
 
 
