@@ -80,15 +80,17 @@ for row in rows[1:]:
 # %% [markdown]
 # How to read it. A change of a few points whose interval overlaps the correct row's is **not** evidence
 # of an effect on this test set: with three test subjects, which healthy donor happens to be held out
-# moves every number more than most of these choices do. What the table does show reliably:
+# moves every number more than most of these choices do. What each choice does, whatever its sign here:
 #
-# - **(a)** makes the score a random variable: the same model, scored twice, gives two different numbers.
-#   It rarely helps, because each test cell is shown in one random pose instead of as it is.
+# - **(a)** makes the score a random variable: the same model, scored twice, gives two different numbers,
+#   because each test cell is shown in one random pose (with black corners from the rotation) instead of
+#   as it is.
 # - **(b)** changes what XGBoost sees: the 1000 scores of ImageNet classes after fine-tuning (outputs 0 and
-#   1 were trained to mean HEM and ALL; the other 998 are leftovers). That it can score close to the
-#   correct row is itself a lesson: the ImageNet outputs are a linear function of the same 1280 features.
+#   1 were trained to mean HEM and ALL; the other 998 are leftovers). The ImageNet outputs are a linear
+#   function of the same 1280 features, so XGBoost sees a squeezed copy of them.
 # - **(e)** feeds the pretrained network inputs on a different scale than it was trained on; fine-tuning
-#   partly adapts to it, so its effect on a fine-tuned model is an empirical question, answered here.
+#   partly adapts to it, so its effect on a fine-tuned model is an empirical question, answered here for
+#   this split and seed only.
 #
 # The CNN alone, with the same choices (for (b) the kept ImageNet head, read at its outputs 0 and 1):
 
@@ -194,11 +196,11 @@ for model in ("CNN", "hybrid"):
 
 # %% [markdown]
 # The by-image score is the one a paper gets "for free" from a random split. It measures how well the
-# model recognises cells of people it has already seen, which is not the clinical question. The
-# by-subject score is lower, and it is the honest estimate for a new patient. (The two test sets hold
-# different cells, so part of the gap can come from which cells were drawn; the intervals show how much.)
+# model recognises cells of people it has already seen, which is not the clinical question; the
+# by-subject score is the honest estimate for a new patient. (The two test sets hold different cells, so
+# part of the gap can come from which cells were drawn; the intervals show how much.)
 #
-# **What to take away.** Each of the authors' choices is small on its own; (a) and (c) make the reported
-# number irreproducible, (d) makes the explanation figure meaningless, and (b) and (e) change the model
-# that was evaluated. None of them is as large as the effect of *who* is in the test set — which is why
-# the split, and its intervals, matter more than any single modelling choice.
+# **What to take away.** (a) and (c) make the reported number irreproducible, (d) makes the explanation
+# figure explain a dog breed, and (b) and (e) change the model that was evaluated. Compare the size of each
+# row's change with the width of the intervals and with the leaky split's inflation: *who* is in the test
+# set, and whether they were also in training, matters at least as much as any single modelling choice.
