@@ -80,7 +80,8 @@ def unseeded_split_spread(run: VariantRun, *, n_draws: int = 20, source: str = "
     reproducible; the authors' code had no seed, so each of their runs was one such draw.
 
     Returns one row per draw: ``draw``, ``accuracy``, ``weighted_f1``, ``roc_auc`` on that draw's test half,
-    ``val_accuracy`` on its validation half, and ``shared_subjects`` (subjects with cells in both halves).
+    ``val_accuracy`` on its validation half, ``shared_subjects`` (subjects with cells in both halves) and
+    ``test_cells``.
     """
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
@@ -106,6 +107,7 @@ def unseeded_split_spread(run: VariantRun, *, n_draws: int = 20, source: str = "
             else float("nan"),
             "val_accuracy": float(accuracy_score(y[val_idx], pred[val_idx])),
             "shared_subjects": len(shared),
+            "test_cells": len(test_idx),
         })
     return pd.DataFrame(rows)
 
@@ -113,7 +115,7 @@ def unseeded_split_spread(run: VariantRun, *, n_draws: int = 20, source: str = "
 def spread_row(spread: pd.DataFrame, name: str) -> dict:
     """A table row for choice (c): the mean over draws with the 2.5–97.5 percentile range of the draws
     (a spread of test sets, not a confidence interval)."""
-    row = {"setting": name, "choice": "c", "n": int(len(spread))}
+    row = {"setting": name, "choice": "c", "n": int(spread["test_cells"].iloc[0]), "draws": int(len(spread))}
     for metric in ("accuracy", "weighted_f1", "roc_auc"):
         values = spread[metric].to_numpy(dtype=float)
         row[metric] = float(np.nanmean(values))
