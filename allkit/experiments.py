@@ -79,7 +79,7 @@ def _resolved(variant: Variant, profile: Profile) -> tuple[Recipe, Profile, int]
 
 def _key(variant: Variant, recipe: Recipe, profile: Profile, seed: int, data: str) -> str:
     payload = {"format": FORMAT, "variant": {k: v for k, v in asdict(variant).items() if k != "name"},
-               "recipe": recipe.to_dict(), "profile": profile.to_dict(), "seed": seed, "data": data}
+               "recipe": recipe.training_dict(), "profile": profile.to_dict(), "seed": seed, "data": data}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

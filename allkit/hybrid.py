@@ -357,6 +357,8 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         tta: predict a dataset as the mean of XGBoost's probabilities over the eight dihedral views of each
             cell (flips and quarter turns; :mod:`allkit.tta`), as the improved recipe does. Fitting always
             uses the plain view. Saved with the model, so ``allkit evaluate`` applies it too.
+        threshold: :meth:`predict` calls a cell ALL when P(ALL) > ``threshold`` (0.5: the argmax; the
+            improved recipe sets the one chosen on validation cells). Saved with the model.
 
     Fitted attributes: ``classes_`` (``[0, 1]``), ``cnn_``, ``xgb_`` (the ``XGBClassifier``), ``booster_``,
     ``n_features_in_``, ``evals_result_`` (``{set name: {"error": [...], "auc": [...]}}``, one value per
@@ -380,6 +382,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         feature_cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
         tta: bool = False,
+        threshold: float = 0.5,
     ):
         self.backbone = backbone
         self.cnn = cnn
@@ -396,6 +399,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         self.feature_cache_dir = feature_cache_dir
         self.progress = progress
         self.tta = tta
+        self.threshold = threshold
 
     # ---------------------------------------------------------------------------------------- helpers
 
@@ -705,9 +709,12 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
                     desc=f"CNN {self.feature_source}, view {view}")
 
     def predict(self, X) -> np.ndarray:
-        """Predicted labels (0 = HEM, 1 = ALL)."""
+        """Predicted labels (0 = HEM, 1 = ALL): ALL where P(ALL) > ``threshold``."""
         self._check_fitted()
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        threshold = float(self.threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold={self.threshold!r}; expected a probability in [0, 1]")
+        return (self.predict_proba(X)[:, 1] > threshold).astype(np.int64)
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Accuracy on a dataset (its own labels) or on a feature array with ``y``."""

@@ -215,13 +215,15 @@ def fit_hybrid(prepared: Prepared, model: torch.nn.Module, *, progress: bool = T
     return hybrid
 
 
-def evaluate_predictions(frame: pd.DataFrame, proba: np.ndarray, *, n_boot: int, seed: int) -> dict:
-    """Table 2 metrics, subject-bootstrap 95% intervals and patient-level diagnosis for one test set."""
+def evaluate_predictions(frame: pd.DataFrame, proba: np.ndarray, *, n_boot: int, seed: int,
+                         threshold: float | None = None) -> dict:
+    """Table 2 metrics, subject-bootstrap 95% intervals and patient-level diagnosis for one test set.
+    ``threshold``: ALL where P(ALL) > threshold (default: the argmax)."""
     from allkit.metrics import classification_table, evaluate_with_ci, patient_level, patient_level_metrics
 
     y_true = frame["label"].to_numpy()
     score = proba[:, 1]
-    y_pred = (proba.argmax(axis=1)).astype(int)
+    y_pred = (proba.argmax(axis=1) if threshold is None else score > threshold).astype(int)
     subjects = frame["subject"].to_numpy()
     result = evaluate_with_ci(y_true, y_pred, subjects, y_score=score, n_boot=n_boot, seed=seed)
     result["table2"] = json.loads(classification_table(y_true, y_pred).to_json(orient="index"))
@@ -340,14 +342,28 @@ def reproduce(profile: Profile | str | None = None, data=None, *, out: str | os.
     hybrid = fit_hybrid(prepared, model, progress=progress, tta=chosen.tta)
     hybrid_seconds = time.perf_counter() - t0
     hybrid_proba = hybrid.predict_proba(test)
+    thresholds = {"cnn": None, "hybrid": None}
+    if chosen.threshold == "validation" and "val" in prepared.datasets:
+        from allkit.calibration import choose_threshold
+
+        val = prepared.datasets["val"]
+        y_val = val.frame["label"].to_numpy()
+        thresholds["hybrid"] = float(choose_threshold(y_val, hybrid.predict_proba(val)).threshold)
+        hybrid.set_params(threshold=thresholds["hybrid"])
+        val_cnn = cnn_predict_proba(model, val, batch_size=p.batch_size, normalize=prepared.normalize,
+                                    device=prepared.device, progress=progress, tta=chosen.tta)
+        thresholds["cnn"] = float(choose_threshold(y_val, val_cnn).threshold)
     metrics = {
         "run_card": {**prepared.card(), "recipe": chosen.name},
         "profile": p.to_dict(),
         "recipe": chosen.to_dict(),
         "notes": prepared.notes,
         "history": trainer.history_,
-        "cnn": evaluate_predictions(test.frame, cnn_proba, n_boot=p.n_boot, seed=p.seed),
-        "hybrid": evaluate_predictions(test.frame, hybrid_proba, n_boot=p.n_boot, seed=p.seed),
+        "cnn": evaluate_predictions(test.frame, cnn_proba, n_boot=p.n_boot, seed=p.seed,
+                                    threshold=thresholds["cnn"]),
+        "hybrid": evaluate_predictions(test.frame, hybrid_proba, n_boot=p.n_boot, seed=p.seed,
+                                       threshold=thresholds["hybrid"]),
+        "thresholds": thresholds,
         "xgb_evals": hybrid.evals_result_,
         "seconds": {"finetune": train_seconds, "hybrid": hybrid_seconds},
     }
@@ -419,7 +435,8 @@ def evaluate_folder(model_dir: str | os.PathLike, data: str | os.PathLike, *,
                         progress=progress)
     dataset = CellDataset(cache, cells.frame)
     proba = hybrid.predict_proba(dataset)
-    y_true, y_pred = cells.frame["label"].to_numpy(), proba.argmax(axis=1)
+    y_true = cells.frame["label"].to_numpy()
+    y_pred = (proba[:, 1] > float(hybrid.threshold)).astype(int)  # the saved model's decision threshold
     result = evaluate(y_true, y_pred, proba[:, 1], subjects=cells.frame["subject"].to_numpy())
     result["table2"] = json.loads(classification_table(y_true, y_pred).to_json(orient="index"))
     result["data"] = str(cells.root)

@@ -268,3 +268,42 @@ def test_recipe_study(runs):
     assert recipe_study.study_seeds(PROFILE) == (42, 43)
     assert recipe_study.study_seeds(PROFILE, 3) == (42, 43, 44)
     assert recipe_study.recipe_variant("paper", 43, PROFILE).seed == 43
+
+
+def test_validation_threshold_and_ablation(runs):
+    from allkit.calibration import choose_threshold
+
+    r = runs[0]
+    improved = r["improved"]
+    assert improved.recipe.threshold == "validation" and r["paper"].recipe.threshold == "argmax"
+    expected = choose_threshold(improved.labels("val"), improved.hybrid_proba("val", "tta")).threshold
+    assert recipe_study.threshold_for(improved) == pytest.approx(expected)
+    assert recipe_study.threshold_for(r["paper"]) == 0.5
+    rows = recipe_study.comparison_rows([r["paper"]], [improved], n_boot=20)
+    assert rows[1]["threshold"] == pytest.approx(expected)
+    table = recipe_study.ablation([r["paper"]], [improved])
+    assert list(table.index) == [name for name, *_ in recipe_study.ABLATION]
+    assert table.iloc[0]["accuracy gain (points)"] == 0
+    assert table.iloc[3]["accuracy (mean over seeds)"] == pytest.approx(rows[1]["accuracy"])
+
+
+def test_hybrid_threshold_decides_predict(runs):
+    hybrid = runs[0]["paper"].hybrid("features")
+    X = runs[0]["paper"].outputs("test")[:, :1280]
+    p_all = hybrid.predict_proba(X)[:, 1]
+    try:
+        for threshold in (0.0, 0.5, float(np.median(p_all)), 1.0):
+            hybrid.set_params(threshold=threshold)
+            np.testing.assert_array_equal(hybrid.predict(X), (p_all > threshold).astype(int))
+        hybrid.set_params(threshold=1.5)
+        with pytest.raises(ValueError, match="threshold"):
+            hybrid.predict(X)
+    finally:
+        hybrid.set_params(threshold=0.5)
+
+
+def test_recipe_threshold_is_checked():
+    from allkit.recipes import Recipe
+
+    with pytest.raises(AllkitError, match="threshold"):
+        Recipe(name="x", threshold="youden")

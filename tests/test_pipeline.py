@@ -170,6 +170,12 @@ def test_reproduce_with_the_improved_recipe(synthetic_root, tmp_path, capsys):
 
     params = load_checkpoint(out / "checkpoints")["params"]  # what the Trainer actually ran with
     assert params["lr_schedule"] == "cosine" and params["label_smoothing"] == 0.1 and params["keep_best"]
+    # the decision threshold was chosen on validation cells, used for the test metrics and saved
+    threshold = metrics["thresholds"]["hybrid"]
+    assert 0.0 <= threshold <= 1.0 and loaded.threshold == pytest.approx(threshold)
+    assert manifest["params"]["threshold"] == pytest.approx(threshold)
+    cm = np.array(metrics["hybrid"]["confusion_matrix"])
+    assert cm.sum() == metrics["run_card"]["counts"]["test"]["cells"]
 
 
 def test_train_with_a_recipe_then_fit_hybrid_keeps_its_tta(synthetic_root, tmp_path, capsys):
