@@ -10,6 +10,7 @@ initialised EfficientNet-B0 (the paper's backbone), which extracts quickly at 96
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -122,8 +123,9 @@ def test_init_does_no_work_and_params_round_trip():
     assert params["backbone"] == "no_such_net" and params["eta"] == XGB_ETA and params["seed"] == SEED
     assert set(params) == {
         "backbone", "cnn", "weights", "feature_source", "normalize", "eta", "n_estimators", "max_depth",
-        "xgb_params", "batch_size", "device", "seed", "feature_cache_dir", "progress",
+        "xgb_params", "batch_size", "device", "seed", "feature_cache_dir", "progress", "tta", "threshold",
     }  # fmt: skip
+    assert params["tta"] is False and params["threshold"] == 0.5
     assert model.set_params(backbone="efficientnet_b0", eta=0.1) is model
     assert model.backbone == "efficientnet_b0" and model.eta == 0.1
     with pytest.raises(ModelError, match="no_such_net"):
@@ -195,6 +197,20 @@ def test_predict_proba_rows_sum_to_one_and_follow_classes(data, lite_hybrid):
     train_proba = lite_hybrid.predict_proba(data["train"])
     labels = data["train"].labels.numpy()
     assert (train_proba[labels == 1, 1] > 0.5).all() and (train_proba[labels == 0, 0] > 0.5).all()
+
+
+def test_threshold_moves_the_decision_survives_save_and_is_checked(data, lite_hybrid, tmp_path):
+    p_all = lite_hybrid.predict_proba(data["test"])[:, 1]
+    cut = float(np.quantile(p_all, 0.8))  # well above 0.5 on this fixture: fewer ALL calls
+    shifted = copy.deepcopy(lite_hybrid).set_params(threshold=cut)
+    expected = (p_all > cut).astype(np.int64)
+    np.testing.assert_array_equal(shifted.predict(data["test"]), expected)
+    assert 0 < expected.sum() < len(p_all) and not np.array_equal(expected, lite_hybrid.predict(data["test"]))
+    loaded = HybridClassifier.load(shifted.save(tmp_path / "shifted"))
+    assert loaded.threshold == cut
+    np.testing.assert_array_equal(loaded.predict(data["test"]), expected)
+    with pytest.raises(ValueError, match="threshold=1.5"):
+        shifted.set_params(threshold=1.5).predict(data["test"])
 
 
 def test_fit_on_feature_arrays_matches_fit_on_datasets(data, lite_hybrid):
