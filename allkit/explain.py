@@ -30,7 +30,6 @@ is restored afterwards. The hooks are released on exit, also on error.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from allkit.atomic import atomic_file
 from allkit.constants import CLASS_NAMES, CLASS_TO_LABEL, IMAGE_SIZE, LABEL_ALL, LABEL_HEM
 from allkit.errors import DataError, ModelError
 
@@ -478,17 +478,7 @@ def save_overlays(
         if result.labels is not None:
             info.add_text("allkit.label", str(result.labels[i]))
         path = out / f"{name}_gradcam.png"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                Image.fromarray(panel).save(fh, format="PNG", pnginfo=info)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path, "wb") as fh:
+            Image.fromarray(panel).save(fh, format="PNG", pnginfo=info)
         written.append(path)
     return written

@@ -246,23 +246,13 @@ def _torch_to_onnx_bytes(wrapper: nn.Module, dummy: torch.Tensor, opset: int) ->
     return buffer.getvalue()
 
 
-def _readable(path: Path) -> None:
-    # atomic_file's temp file is created 0600; a model meant to be copied to other machines and users
-    # gets the permissions of any new file (0666 minus the umask) instead.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_file(path, "wb") as handle:
         handle.write(data)
-    _readable(path)
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
     write_json(manifest_path(path), manifest, indent=2)
-    _readable(manifest_path(path))
 
 
 @dataclass

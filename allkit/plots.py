@@ -10,7 +10,6 @@ are made with ``pyplot`` so notebooks show them automatically; in scripts, :func
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from sklearn.metrics import confusion_matrix
 
+from allkit.atomic import atomic_file
 from allkit.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, LABEL_ALL, LABEL_HEM
 from allkit.errors import DataError
 from allkit.metrics import _validate, expected_calibration_error, reliability_curve
@@ -497,19 +497,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     supported = fig.canvas.get_supported_filetypes()
     if fmt not in supported:
         raise DataError(f"{path}: format {fmt!r} is not supported: expected one of {sorted(supported)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format=fmt, dpi=dpi)
     return path
 
 
