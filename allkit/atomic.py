@@ -1,8 +1,10 @@
-"""Write files so that a reader never sees half of one: a temp file in the same folder, then os.replace."""
+"""Files: written so that a reader never sees half of one (a temp file in the same folder, then os.replace),
+read back and fingerprinted with errors that name them."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -46,3 +48,21 @@ def torch_save(payload, path: str | os.PathLike) -> None:
 
     with atomic_file(path, "wb") as handle:
         torch.save(payload, handle)
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], hint: str = ""):
+    """The JSON document in ``path``; ``error`` naming the file (and ``hint``, e.g. what to do) when it cannot
+    be read or parsed, instead of a bare ``JSONDecodeError``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}){hint}") from err
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (models can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from allkit.atomic import atomic_file, write_json
+from allkit.atomic import atomic_file, read_json, sha256_file, write_json
 from allkit.constants import CLASS_NAMES, CLASS_TO_LABEL, IMAGENET_MEAN, IMAGENET_STD, SEED
 from allkit.errors import AllkitError, DataError, ModelError
 from allkit.transforms import DEFAULT_CROP_RATIO
@@ -189,14 +189,6 @@ def manifest_path(onnx_path: str | os.PathLike) -> Path:
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _versions() -> dict:
@@ -377,10 +369,7 @@ def read_manifest(onnx_path: str | os.PathLike, *, check_sha: bool = True) -> di
     mpath = manifest_path(path)
     if not mpath.is_file():
         raise ModelError(f"{mpath} is missing; an exported model needs the manifest written next to it")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(f"{mpath} is not valid JSON ({err})") from err
+    manifest = read_json(mpath, ModelError)
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ModelError(f"{mpath} is not an allkit ONNX manifest (expected format {MANIFEST_FORMAT!r})")
     if manifest.get("manifest_version") != MANIFEST_VERSION:
@@ -390,7 +379,7 @@ def read_manifest(onnx_path: str | os.PathLike, *, check_sha: bool = True) -> di
         raise ModelError(f"{mpath} has class mapping {manifest.get('class_mapping')!r}; expected "
                          f"{dict(CLASS_TO_LABEL)!r}")
     if check_sha:
-        actual = _sha256_file(path)
+        actual = sha256_file(path)
         if actual != manifest.get("sha256"):
             raise ModelError(f"{path} does not match its manifest {mpath.name}: sha256 {actual[:16]}..., "
                              f"manifest says {str(manifest.get('sha256'))[:16]}... (file modified or the "
@@ -914,7 +903,7 @@ def _cache_key(settings: dict, models: Mapping) -> dict:
     key["models"] = {}
     for name, folder in sorted(models.items()):
         cnn = Path(folder) / "cnn.pt"
-        key["models"][name] = _sha256_file(cnn) if cnn.is_file() else str(folder)
+        key["models"][name] = sha256_file(cnn) if cnn.is_file() else str(folder)
     return key
 
 

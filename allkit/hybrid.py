@@ -58,6 +58,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score
 from torch import nn
 
+from allkit.atomic import read_json, sha256_file
 from allkit.constants import (
     BATCH_SIZE,
     CLASS_NAMES,
@@ -272,14 +273,6 @@ def cnn_predict_proba(
 # --------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -802,7 +795,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
                 "feature_dim": int(self.n_features_in_),
                 "params": params,
                 "versions": _library_versions(),
-                "files": {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+                "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
                           for name in files},
             }
             _write_json(tmp / MANIFEST_NAME, manifest)
@@ -842,10 +835,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         manifest_path = folder / MANIFEST_NAME
         if not manifest_path.is_file():
             raise ModelError(f"{manifest_path} is missing; expected a model directory written by save()")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ModelError(f"{manifest_path} is not valid JSON ({err}); the model directory is damaged") from err
+        manifest = read_json(manifest_path, ModelError, "; the model directory is damaged")
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
             raise ModelError(f"{manifest_path} is not an allkit hybrid manifest (expected format {MANIFEST_FORMAT!r})")
         version = manifest.get("manifest_version")
@@ -879,7 +869,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
             if not file.is_file():
                 raise ModelError(f"{file} is missing; the model directory is incomplete (re-save the model)")
             expected_sha = info.get("sha256") if isinstance(info, dict) else None
-            actual_sha = _sha256(file)
+            actual_sha = sha256_file(file)
             if actual_sha != expected_sha:
                 raise ModelError(
                     f"{file} is corrupted or was modified: sha256 {actual_sha[:16]}..., expected "
@@ -915,10 +905,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
             )
         evals = {}
         if EVALS_FILE in files:
-            try:
-                evals = json.loads((folder / EVALS_FILE).read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise ModelError(f"{folder / EVALS_FILE} is not valid JSON: {err}") from err
+            evals = read_json(folder / EVALS_FILE, ModelError)
 
         params = dict(manifest.get("params") or {})
         known = set(cls().get_params(deep=False))

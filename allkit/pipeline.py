@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 import allkit
-from allkit.atomic import torch_save, write_json
+from allkit.atomic import read_json, torch_save, write_json
 from allkit.data import CellDataset, build_cache, load_cnmc, make_split, resolve_data_root
 from allkit.errors import AllkitError, ModelError
 from allkit.profiles import Profile, get_profile
@@ -383,7 +383,7 @@ def load_run(out: str | os.PathLike, *, with_model: bool = False) -> Run:
     path = out / "metrics.json"
     if not path.is_file():
         raise AllkitError(f"{path} does not exist; run `allkit reproduce --out {out}` first")
-    run = Run(out, json.loads(path.read_text()))
+    run = Run(out, read_json(path, AllkitError, f"; rerun `allkit reproduce --out {out}`"))
     if with_model:
         from allkit.hybrid import HybridClassifier
 
@@ -409,17 +409,21 @@ def save_cnn(out: Path, prepared: Prepared, model: torch.nn.Module, history: lis
 
 
 def load_cnn(folder: str | os.PathLike, *, progress: bool = True):
-    """The CNN and the prepared data of a folder written by ``allkit train``."""
+    """``(prepared, model, recipe)`` of a folder written by ``allkit train``: the prepared data, the CNN and
+    the :class:`allkit.recipes.Recipe` it was fine-tuned with."""
+    from allkit.recipes import get_recipe
+
     folder = Path(folder)
     manifest_path = folder / TRAIN_MANIFEST
     if not (folder / CNN_FILE).is_file() or not manifest_path.is_file():
         raise AllkitError(f"{folder} is not a folder written by `allkit train` (expected {CNN_FILE} and "
                           f"{TRAIN_MANIFEST})")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json(manifest_path, AllkitError, "; rerun `allkit train`")
     profile = Profile(**manifest["profile"])
     card = manifest["run_card"]
-    return prepare(profile, card["data"], backbone=card["backbone"], weights=str(folder / CNN_FILE),
-                   progress=progress)
+    prepared, model = prepare(profile, card["data"], backbone=card["backbone"], weights=str(folder / CNN_FILE),
+                              progress=progress)
+    return prepared, model, get_recipe(manifest.get("recipe"))
 
 
 def evaluate_folder(model_dir: str | os.PathLike, data: str | os.PathLike, *,

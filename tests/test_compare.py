@@ -12,6 +12,7 @@ import torch
 
 import allkit.pipeline
 from allkit.compare import COLUMNS, UNAVAILABLE, backbone_image_size, compare_backbones
+from allkit.errors import AllkitError
 from allkit.profiles import get_profile
 
 
@@ -84,3 +85,6 @@ def test_rebuild_prepared_gives_a_loaded_run_its_test_cells(synthetic_root, tmp_
     test = prepared.datasets["test"]
     accuracy = float((loaded.hybrid.predict(test) == test.frame["label"].to_numpy()).mean())
     assert accuracy == pytest.approx(fresh.metrics["hybrid"]["accuracy"])
+    (tmp_path / "run" / "metrics.json").write_text("{")  # damaged: an error naming the file, not a traceback
+    with pytest.raises(AllkitError, match=r"metrics\.json is not valid JSON"):
+        load_run(tmp_path / "run")

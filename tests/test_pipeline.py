@@ -92,6 +92,9 @@ def test_train_then_fit_hybrid(synthetic_root, tmp_path, capsys):
     assert code == 0 and "hybrid accuracy on test" in out
     loaded = HybridClassifier.load(tmp_path / "model", expected_backbone="efficientnet_lite0")
     assert loaded.n_features_in_ == 1280
+    (tmp_path / "train.json").write_text('{"profile": ')  # a damaged manifest: one line naming it
+    code, _, err = run_cli(["fit-hybrid", "--cnn", tmp_path, "--quiet"], capsys)
+    assert code == 2 and "train.json is not valid JSON" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("args, message", [

@@ -146,11 +146,9 @@ def run_train(args) -> int:
 
 
 def run_fit_hybrid(args) -> int:
-    from allkit.pipeline import TRAIN_MANIFEST, fit_hybrid, load_cnn
-    from allkit.recipes import get_recipe
+    from allkit.pipeline import fit_hybrid, load_cnn
 
-    prepared, model = load_cnn(args.cnn, progress=not args.quiet)
-    recipe = get_recipe(json.loads((Path(args.cnn) / TRAIN_MANIFEST).read_text()).get("recipe"))
+    prepared, model, recipe = load_cnn(args.cnn, progress=not args.quiet)
     hybrid = fit_hybrid(prepared, model, progress=not args.quiet, tta=recipe.tta)
     out = Path(args.out) if args.out else Path(args.cnn) / "model"
     hybrid.save(out)
