@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -109,22 +110,20 @@ class MissingDependencyError(AllkitError, ImportError):
 # --------------------------------------------------------------------------------------------------
 
 
-def _import_onnx():
+def _require(module: str, purpose: str):
     try:
-        import onnx
+        return importlib.import_module(module)
     except ImportError as err:
-        raise MissingDependencyError(f"exporting to ONNX needs the 'onnx' package: install with "
+        raise MissingDependencyError(f"{purpose} needs the {module!r} package: install with "
                                      f"{ONNX_INSTALL_HINT}") from err
-    return onnx
+
+
+def _import_onnx():
+    return _require("onnx", "exporting to ONNX")
 
 
 def _import_ort():
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise MissingDependencyError(f"running or quantising ONNX models needs the 'onnxruntime' package: "
-                                     f"install with {ONNX_INSTALL_HINT}") from err
-    return onnxruntime
+    return _require("onnxruntime", "running or quantising ONNX models")
 
 
 # --------------------------------------------------------------------------------------------------
