@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from allkit.atomic import atomic_file, torch_save, write_json
+from allkit.atomic import atomic_file, read_json, torch_save, write_json
 from allkit.errors import AllkitError
 from allkit.profiles import Profile, get_profile
 from allkit.recipes import Recipe, get_recipe
@@ -244,7 +244,8 @@ def run_variant(variant: Variant, profile: Profile | str | None = None, data=Non
     folder = base / f"{variant.name}-{key[:10]}"
     meta_path = folder / "meta.json"
     if meta_path.is_file() and (folder / "cnn.pt").is_file():
-        return VariantRun(variant, recipe, prof, seed, folder, json.loads(meta_path.read_text()))
+        meta = read_json(meta_path, AllkitError, f"; delete {folder} to run the variant again")
+        return VariantRun(variant, recipe, prof, seed, folder, meta)
 
     split = _image_split(prof) if variant.split == "image" else None
     prepared, model = prepare(prof, root, progress=progress, split=split, init_seed=seed)

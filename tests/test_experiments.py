@@ -4,6 +4,8 @@ measurements (allkit.pitfalls) and the recipe study, on the synthetic stand-in w
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,6 +58,15 @@ def test_finished_variant_is_loaded_not_retrained(runs, synthetic_root, monkeypa
     again = run_variant(Variant("paper"), PROFILE, synthetic_root, runs_dir=runs[1], progress=False)
     assert again.dir == runs[0]["paper"].dir
     np.testing.assert_array_equal(again.cnn_proba("test"), runs[0]["paper"].cnn_proba("test"))
+
+
+def test_damaged_meta_is_named_not_retrained_over(runs, synthetic_root, tmp_path):
+    paper = runs[0]["paper"]
+    copy = Path(shutil.copytree(paper.dir, tmp_path / paper.dir.relative_to(runs[1])))
+    (copy / "meta.json").write_text("{")
+    with pytest.raises(AllkitError, match=r"meta\.json is not valid JSON.*delete"):
+        run_variant(Variant("paper"), PROFILE, synthetic_root, runs_dir=tmp_path, progress=False)
+    assert (copy / "cnn.pt").is_file()
 
 
 def test_a_changed_choice_is_a_new_experiment(runs):
