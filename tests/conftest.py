@@ -1,4 +1,5 @@
-"""Shared fixtures: a small synthetic C-NMC tree, and the real fold-1 sample when ALLKIT_DATA points at it."""
+"""Shared fixtures: small synthetic C-NMC trees (whole, or as cached training and test cells), one torch thread,
+and the real fold-1 sample when ALLKIT_DATA points at it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,41 @@ def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic_cnmc(root, seed=0, cells_per_subject=6)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): on a 2-core
+    runner shared with other processes, spinning OpenMP threads made a 0.1 s forward pass take 2 s (measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cached_train_test(root: Path, *, cache_size: int, **synthetic) -> dict:
+    """A synthetic C-NMC tree made under ``root`` (``synthetic``: arguments of ``make_synthetic_cnmc``) and
+    cached at ``cache_size`` px: its training folds (``train``) and preliminary test set (``test``) as
+    datasets, with ``root``, ``cnmc``, ``frame`` and ``cache``. Training and test subjects never overlap."""
+    from allkit.data import CellDataset, build_cache, load_cnmc
+    from allkit.data.synthetic import make_synthetic_cnmc
+
+    cnmc = make_synthetic_cnmc(root, **synthetic)
+    frame = load_cnmc(cnmc).frame
+    cache = build_cache(frame, size=cache_size, cache_dir=root / "cache", progress=False)
+    train = frame[frame["fold"].str.startswith("fold_")]
+    test = frame[frame["fold"] == "prelim"]
+    assert set(train["subject"]).isdisjoint(test["subject"])
+    return {"root": root, "cnmc": cnmc, "frame": frame, "cache": cache,
+            "train": CellDataset(cache, train), "test": CellDataset(cache, test)}
+
+
+@pytest.fixture(scope="session")
+def train_test_factory():
+    """:func:`cached_train_test`, for module-scoped data fixtures."""
+    return cached_train_test
 
 
 @pytest.fixture(scope="session")

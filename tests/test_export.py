@@ -32,7 +32,6 @@ pytest.importorskip("onnxruntime", reason="the optional extra: pip install 'allk
 
 from allkit.cli import main  # noqa: E402
 from allkit.data import CellDataset, build_cache, load_cnmc  # noqa: E402
-from allkit.data.synthetic import make_synthetic_cnmc  # noqa: E402
 from allkit.errors import DataError, ModelError  # noqa: E402
 from allkit.export import (  # noqa: E402
     NO_FINETUNED,
@@ -57,24 +56,14 @@ INT8_MAX_TOL, INT8_MEAN_TOL, INT8_MARGIN = 0.15, 0.05, 0.1
 LITE_NORM = (get_spec("efficientnet_lite0").mean, get_spec("efficientnet_lite0").std)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export-data")
-    cnmc = make_synthetic_cnmc(root, seed=1, cells_per_subject=6, prelim_subjects=(2, 2), final_cells=0, size=96)
-    frame = load_cnmc(cnmc).frame
-    cache = build_cache(frame, size=SIZE, cache_dir=root / "cache", progress=False)
-    train = frame[frame["fold"].str.startswith("fold_")]
-    test = frame[frame["fold"] == "prelim"]
-    return {"root": root, "cnmc": cnmc, "train": CellDataset(cache, train), "test": CellDataset(cache, test),
-            "fold": cnmc / "training_data" / "fold_0"}
+def data(tmp_path_factory, train_test_factory):
+    data = train_test_factory(tmp_path_factory.mktemp("export-data"), cache_size=SIZE, seed=1, cells_per_subject=6,
+                              prelim_subjects=(2, 2), final_cells=0, size=96)
+    return {**data, "fold": data["cnmc"] / "training_data" / "fold_0"}
 
 
 @pytest.fixture(scope="module")

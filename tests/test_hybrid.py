@@ -25,8 +25,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from allkit.constants import SEED, XGB_ETA
-from allkit.data import CellDataset, build_cache, load_cnmc
-from allkit.data.synthetic import make_synthetic_cnmc
+from allkit.data import CellDataset, build_cache
 from allkit.errors import ModelError
 from allkit.hybrid import HybridClassifier, cnn_predict_proba
 from allkit.models import build_model, feature_extractor
@@ -36,39 +35,18 @@ SIZE = 96
 # Measured (seed 0 data, 96 px): 0.83 held-out accuracy for frozen Lite0 ImageNet features + XGBoost
 # (0.77-0.90 across data seeds 0-2 and cache sizes 64/96); chance is 0.5 (balanced held-out subjects).
 ACCURACY_FLOOR = 0.68
-# One thread for XGBoost and torch: on a 2-core runner shared with other processes, OpenMP threads that
-# spin at barriers made a 0.2 s XGBoost fit take 10 s and a 0.1 s forward pass 2 s (measured).
+# One thread for XGBoost and torch (torch's: the one_torch_thread fixture of conftest.py): on a 2-core runner
+# shared with other processes, OpenMP threads that spin at barriers made a 0.2 s XGBoost fit take 10 s.
 XGB = {"n_jobs": 1}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hybrid-data")
-    cnmc = make_synthetic_cnmc(
-        root, seed=0, cells_per_subject=10, prelim_subjects=(3, 3), final_cells=0, size=160
-    )
-    frame = load_cnmc(cnmc).frame
-    cache = build_cache(frame, size=SIZE, cache_dir=root / "cache", progress=False)
-    train = frame[frame["fold"].str.startswith("fold_")]
-    test = frame[frame["fold"] == "prelim"]
-    assert set(train["subject"]).isdisjoint(test["subject"])
-    small = train.groupby("label").head(6)  # 12 cells of both classes, for quick mechanics tests
-    return {
-        "root": root,
-        "frame": frame,
-        "cache": cache,
-        "train": CellDataset(cache, train),
-        "test": CellDataset(cache, test),
-        "small": CellDataset(cache, small),
-    }
+def data(tmp_path_factory, train_test_factory):
+    data = train_test_factory(tmp_path_factory.mktemp("hybrid-data"), cache_size=SIZE, seed=0, cells_per_subject=10,
+                              prelim_subjects=(3, 3), final_cells=0, size=160)
+    small = data["train"].frame.groupby("label").head(6)  # 12 cells of both classes, for quick mechanics tests
+    return {**data, "small": CellDataset(data["cache"], small)}
 
 
 @pytest.fixture(scope="module")
