@@ -42,7 +42,6 @@ import hashlib
 import importlib
 import io
 import json
-import math
 import os
 import platform
 import tempfile
@@ -469,16 +468,6 @@ class OnnxPredictor:
                             f"[{array.min():.3g}, {array.max():.3g}]")
         return np.ascontiguousarray(array)
 
-    def _check_dataset(self, dataset) -> None:
-        cache = getattr(dataset, "cache", None)
-        size, crop = getattr(cache, "size", None), getattr(cache, "crop_ratio", None)
-        if size is not None and int(size) != self.image_size:
-            raise DataError(f"the cells are cached at {size} px but {self.path.name} takes {self.image_size} px; "
-                            f"build the cache with size={self.image_size}")
-        if crop is not None and not math.isclose(float(crop), self.crop_ratio, rel_tol=1e-6):
-            raise DataError(f"the cells are cropped at ratio {float(crop):.6g} but {self.path.name} was exported "
-                            f"for crop ratio {self.crop_ratio:.6g}")
-
     def predict_proba(self, images, *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Probabilities ``(N, 2)`` (``[HEM, ALL]``) for an array/tensor of cells or a dataset of cells."""
         if isinstance(batch_size, bool) or int(batch_size) < 1:
@@ -487,9 +476,10 @@ class OnnxPredictor:
             x = self._as_input(images)
             return np.concatenate([self.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) \
                 if len(x) else np.zeros((0, len(CLASS_NAMES)), np.float32)
-        from allkit.hybrid import _without_augmentation
+        from allkit.hybrid import _without_augmentation, check_preprocessing
 
-        self._check_dataset(images)
+        check_preprocessing(images, {"size": self.image_size, "crop_ratio": self.crop_ratio},
+                            f"{self.path.name} was exported for cells", DataError)
         dataset = _without_augmentation(images)
         outputs = []
         starts = range(0, len(dataset), int(batch_size))
@@ -529,8 +519,10 @@ def _dataset_labels(dataset) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def _calibration_batch(calibration, n: int, image_size: int, seed: int) -> tuple[np.ndarray, str]:
-    """float32 ``[n, 3, S, S]`` in [0, 1] from a dataset (a seeded, class-balanced pick) or an array."""
+def _calibration_batch(calibration, n: int, manifest: dict, seed: int) -> tuple[np.ndarray, str]:
+    """float32 ``[n, 3, S, S]`` in [0, 1] from a dataset (a seeded, class-balanced pick) or an array, for the
+    exported model of ``manifest``."""
+    image_size = int(manifest["image_size"])
     if calibration is None:
         raise ModelError("static int8 quantisation needs calibration cells (a few training cells); pass "
                          "calibration= (a CellDataset or uint8 NCHW array) or use mode='dynamic'")
@@ -541,9 +533,10 @@ def _calibration_batch(calibration, n: int, image_size: int, seed: int) -> tuple
         array = array[:n]
         what = f"{len(array)} given images"
     else:
-        cache = getattr(calibration, "cache", None)
-        if cache is not None and getattr(cache, "size", image_size) != image_size:
-            raise DataError(f"calibration cells are cached at {cache.size} px, the model takes {image_size} px")
+        from allkit.hybrid import check_preprocessing
+
+        check_preprocessing(calibration, {"size": image_size, "crop_ratio": manifest["crop_ratio"]},
+                            f"{manifest['file']} was exported for cells", DataError)
         rng = np.random.default_rng(seed)
         labels = _dataset_labels(calibration)
         per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
@@ -617,7 +610,7 @@ def quantize_onnx(
                     record.update(format="QOperator (dynamic: activations quantised at run time)",
                                   activations="uint8, range computed per batch at run time", calibration=None)
                 else:
-                    batch, what = _calibration_batch(calibration, int(n_calibration), size, seed)
+                    batch, what = _calibration_batch(calibration, int(n_calibration), manifest, seed)
 
                     class _Reader(CalibrationDataReader):
                         def __init__(self):

@@ -149,6 +149,18 @@ def _dataset_preprocessing(dataset) -> dict:
     return {"size": None if size is None else int(size), "crop_ratio": None if crop is None else float(crop)}
 
 
+def check_preprocessing(dataset, expected: dict | None, expected_by: str, error: type[Exception]) -> None:
+    """Refuse a dataset whose cells were cached at another size or crop ratio than ``expected`` (``{"size",
+    "crop_ratio"}``; ``None`` values, or a dataset without a cache, are not checked): the model would get
+    other pixels than it was made for and answer without complaint. ``expected_by`` completes "but ... with"."""
+    given = _dataset_preprocessing(dataset)
+    for name in ("size", "crop_ratio"):
+        want, got = (expected or {}).get(name), given.get(name)
+        if want is not None and got is not None and abs(float(want) - float(got)) > 1e-6:
+            raise error(f"the dataset's cells are cached with {name}={got}, but {expected_by} with {name}={want}; "
+                        f"rebuild the cache with build_cache(..., {name}={want})")
+
+
 def _dataset_key(dataset) -> str | None:
     """Identity of a ``CellDataset``'s pixels (cells, cache file, size, crop); ``None`` for other datasets."""
     if not _is_cell_dataset(dataset) or getattr(dataset, "frame", None) is None:
@@ -546,17 +558,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
                 os.unlink(tmp)
 
     def _check_dataset_preprocessing(self, dataset) -> None:
-        fitted = getattr(self, "preprocessing_", None)
-        if not fitted:
-            return
-        given = _dataset_preprocessing(dataset)
-        for name in ("size", "crop_ratio"):
-            want, got = fitted.get(name), given.get(name)
-            if want is not None and got is not None and abs(float(want) - float(got)) > 1e-6:
-                raise ModelError(
-                    f"the dataset's cells are cached with {name}={got}, but this model was fitted on cells with "
-                    f"{name}={want}; rebuild the cache with build_cache(..., {name}={want})"
-                )
+        check_preprocessing(dataset, getattr(self, "preprocessing_", None), "this model was fitted on cells", ModelError)
 
     def _as_features(self, X, *, fitting: bool = False) -> np.ndarray:
         if _is_dataset(X):

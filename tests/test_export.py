@@ -213,8 +213,11 @@ def test_bad_input_is_refused(data, lite_onnx, tmp_path):
     with pytest.raises(DataError, match=r"\[0, 1\]"):  # already-normalised input would be silently wrong
         predictor.predict_proba(np.full((1, 3, SIZE, SIZE), -2.0, np.float32))
     bigger = build_cache(data["test"].frame, size=SIZE + 16, cache_dir=tmp_path / "cache80", progress=False)
-    with pytest.raises(DataError, match="cached at 80 px"):
+    with pytest.raises(DataError, match=r"cached with size=80, but lite\.onnx was exported for cells with size=64"):
         predictor.predict_proba(CellDataset(bigger, data["test"].frame))
+    cropped = build_cache(data["test"].frame, size=SIZE, crop_ratio=0.5, cache_dir=tmp_path / "c05", progress=False)
+    with pytest.raises(DataError, match="crop_ratio=0.5"):
+        predictor.predict_proba(CellDataset(cropped, data["test"].frame))
 
 
 def test_missing_packages_give_the_install_hint(lite, lite_onnx, tmp_path, monkeypatch):
@@ -267,13 +270,16 @@ def test_dynamic_int8_runs(data, lite, lite_onnx, tmp_path):
     assert np.isfinite(got).all() and ((got >= 0) & (got <= 1)).all()
 
 
-def test_int8_refusals(lite_onnx, tmp_path):
+def test_int8_refusals(lite_onnx, data, tmp_path):
     with pytest.raises(ModelError, match="calibration"):
         quantize_onnx(lite_onnx, tmp_path / "q.onnx", mode="static")
     with pytest.raises(ModelError, match="int8 mode 'int4'"):
         quantize_onnx(lite_onnx, tmp_path / "q.onnx", mode="int4")
     with pytest.raises(DataError, match=r"\[N, 3, 64, 64\]"):
         quantize_onnx(lite_onnx, tmp_path / "q.onnx", calibration=np.zeros((4, 3, 32, 32), np.uint8))
+    bigger = build_cache(data["train"].frame, size=SIZE + 16, cache_dir=tmp_path / "cache80", progress=False)
+    with pytest.raises(DataError, match="cached with size=80"):
+        quantize_onnx(lite_onnx, tmp_path / "q.onnx", calibration=CellDataset(bigger, data["train"].frame))
     assert not (tmp_path / "q.onnx").exists()
 
 
