@@ -693,12 +693,10 @@ def _run_training_cells(model_dir: Path, progress: bool):
     return prepared.datasets.get("train")
 
 
-def _cells_from_folder(data, size: int, crop_ratio: float, progress: bool):
-    from allkit.data import CellDataset, build_cache, load_cnmc
+def _cells_from_folder(hybrid, data, progress: bool):
+    from allkit.pipeline import folder_cells
 
-    cells = load_cnmc(data, allow_unknown_subjects=True)
-    cache = build_cache(cells.frame, size=size, crop_ratio=crop_ratio, progress=progress)
-    return CellDataset(cache, cells.frame)
+    return folder_cells(hybrid, data, allow_unknown_subjects=True, progress=progress)[1]
 
 
 def export_saved_model(
@@ -725,10 +723,10 @@ def export_saved_model(
     in the folder's ``xgboost.json``.
     """
     folder = Path(model_dir)
+    from allkit.pipeline import fitted_preprocessing
+
     hybrid = _load_hybrid(folder)
-    pre = hybrid.preprocessing_ or {}
-    size = int(pre.get("size") or 224)
-    crop = float(pre.get("crop_ratio") or DEFAULT_CROP_RATIO)
+    size, crop = fitted_preprocessing(hybrid)
     path = export_onnx(hybrid.cnn_, hybrid.backbone, out, image_size=size, normalize=hybrid.normalize,
                        crop_ratio=crop, opset=opset, source=str(folder.resolve()))
     result = ExportResult(onnx=path, manifest=read_manifest(path))
@@ -741,14 +739,14 @@ def export_saved_model(
                     raise ModelError(f"static int8 needs calibration cells: {folder} is not inside a run folder "
                                      "(no ../metrics.json); pass calibration= / --calibration DATA (training cells)")
             elif isinstance(calib, (str, os.PathLike)):
-                calib = _cells_from_folder(calib, size, crop, progress)
+                calib = _cells_from_folder(hybrid, calib, progress)
         try:
             result.int8 = quantize_onnx(path, mode=int8_mode, calibration=calib, n_calibration=n_calibration)
             result.int8_manifest = read_manifest(result.int8)
         except ModelError as err:
             result.int8_error = str(err)
     if check is not None:
-        dataset = _cells_from_folder(check, size, crop, progress) if isinstance(check, (str, os.PathLike)) else check
+        dataset = _cells_from_folder(hybrid, check, progress) if isinstance(check, (str, os.PathLike)) else check
         reference = _torch_proba(hybrid.cnn_, dataset, hybrid.normalize, progress=progress)
         for label, p in (("fp32", result.onnx), ("int8", result.int8)):
             if p is not None:

@@ -26,9 +26,11 @@ import torch
 
 import allkit
 from allkit.atomic import read_json, torch_save, write_json
+from allkit.constants import IMAGE_SIZE
 from allkit.data import CellDataset, build_cache, load_cnmc, make_split, resolve_data_root
 from allkit.errors import AllkitError, ModelError
 from allkit.profiles import Profile, get_profile
+from allkit.transforms import DEFAULT_CROP_RATIO
 
 RUNS_DIR = Path(__file__).resolve().parents[1] / "runs"
 
@@ -426,6 +428,21 @@ def load_cnn(folder: str | os.PathLike, *, progress: bool = True):
     return prepared, model, get_recipe(manifest.get("recipe"))
 
 
+def fitted_preprocessing(hybrid) -> tuple[int, float]:
+    """Image size and crop ratio of the cells a saved hybrid was fitted on (224 px and the default crop when
+    it was fitted on feature arrays and does not know)."""
+    pre = hybrid.preprocessing_ or {}
+    return int(pre.get("size") or IMAGE_SIZE), float(pre.get("crop_ratio") or DEFAULT_CROP_RATIO)
+
+
+def folder_cells(hybrid, data: str | os.PathLike, *, allow_unknown_subjects: bool = False, progress: bool = True):
+    """``(cells, dataset)``: every labelled cell under ``data`` (C-NMC layout, :func:`allkit.data.load_cnmc`)
+    and their dataset, cached the way ``hybrid``'s training cells were."""
+    size, crop = fitted_preprocessing(hybrid)
+    cells = load_cnmc(data, allow_unknown_subjects=allow_unknown_subjects)
+    return cells, CellDataset(build_cache(cells.frame, size=size, crop_ratio=crop, progress=progress), cells.frame)
+
+
 def evaluate_folder(model_dir: str | os.PathLike, data: str | os.PathLike, *,
                     allow_unknown_subjects: bool = False, progress: bool = True) -> dict:
     """Predict every labelled cell under ``data`` with a saved hybrid and score it (``allkit evaluate``)."""
@@ -433,11 +450,7 @@ def evaluate_folder(model_dir: str | os.PathLike, data: str | os.PathLike, *,
     from allkit.metrics import classification_table, evaluate
 
     hybrid = HybridClassifier.load(model_dir, progress=progress)
-    cells = load_cnmc(data, allow_unknown_subjects=allow_unknown_subjects)
-    pre = hybrid.preprocessing_ or {}
-    cache = build_cache(cells.frame, size=pre.get("size") or 224, crop_ratio=pre.get("crop_ratio") or 448 / 450,
-                        progress=progress)
-    dataset = CellDataset(cache, cells.frame)
+    cells, dataset = folder_cells(hybrid, data, allow_unknown_subjects=allow_unknown_subjects, progress=progress)
     proba = hybrid.predict_proba(dataset)
     y_true = cells.frame["label"].to_numpy()
     y_pred = (proba[:, 1] > float(hybrid.threshold)).astype(int)  # the saved model's decision threshold
