@@ -866,16 +866,6 @@ def machine_facts() -> dict:
     return facts
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _mb(path: Path) -> float:
     return path.stat().st_size / 1e6
 
@@ -940,7 +930,7 @@ def deployment_report(
     """
     from allkit.hybrid import HybridClassifier
     from allkit.models import build_model, get_spec
-    from allkit.perf import optimize_for_inference, tune_malloc
+    from allkit.perf import optimize_for_inference, torch_threads, tune_malloc
 
     _import_ort()
     _import_onnx()
@@ -1046,7 +1036,7 @@ def deployment_report(
                            "size_mb": pt_bytes / 1e6 if p is None else _mb(p),
                            "size_of": "state_dict tensors" if p is None else p.name}
                     if p is None:
-                        with _torch_threads(n_threads), torch.inference_mode():
+                        with torch_threads(n_threads), torch.inference_mode():
                             x1, xb = torch.from_numpy(one), torch.from_numpy(many)
                             lat = measure_latency(lambda m=torch_model, x=x1: m(x), warmup=warmup, runs=runs,
                                                   max_seconds=max_seconds)

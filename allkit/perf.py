@@ -284,6 +284,17 @@ def configure_threads(num_threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """``torch.set_num_threads(n)`` for the ``with`` block, the previous number restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def set_seed(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global RNG and torch (CPU and all GPUs)."""
     seed = int(seed)

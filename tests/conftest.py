@@ -39,12 +39,10 @@ def synthetic_root(tmp_path_factory) -> Path:
 def one_torch_thread():
     """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): on a 2-core
     runner shared with other processes, spinning OpenMP threads made a 0.1 s forward pass take 2 s (measured)."""
-    import torch
+    from allkit.perf import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def cached_train_test(root: Path, *, cache_size: int, **synthetic) -> dict:

@@ -360,6 +360,12 @@ def test_perf_helpers():
     a = torch.rand(3)
     perf.set_seed(5)
     assert torch.equal(a, torch.rand(3))
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with perf.torch_threads(before + 1):
+            assert torch.get_num_threads() == before + 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before  # restored even after an error
 
 
 def test_optimize_for_inference_folds_batchnorm():
