@@ -887,6 +887,75 @@ def _cache_key(settings: dict, models: Mapping) -> dict:
     return key
 
 
+def _report_model(name: str, model_dir, size: int):
+    """``(cnn, normalize, weights note)``: the fine-tuned CNN of ``model_dir``, or a seeded random one."""
+    from allkit.hybrid import HybridClassifier
+    from allkit.models import build_model, get_spec
+
+    if model_dir is not None:
+        hybrid = HybridClassifier.load(model_dir, device="cpu", progress=False)
+        model_size = int((hybrid.preprocessing_ or {}).get("size") or size)
+        if model_size != size:
+            raise ModelError(f"{model_dir} was trained at {model_size} px; the report measures {size} px")
+        return hybrid.cnn_.eval(), hybrid.normalize, f"fine-tuned ({model_dir})"
+    spec = get_spec(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        cnn = build_model(name, None)
+    return cnn.eval(), (spec.mean, spec.std), "random init (latency/size only)"
+
+
+def _report_files(cnn, name, folder: Path, size, normalize, weights, int8_modes, calibration, n_calibration,
+                  notes: list) -> dict[str, Path | None]:
+    """The fp32 export and its int8 copies (``None`` where quantising failed, with a note); no file at all if
+    the export itself failed (e.g. VGG16's 7x7 adaptive pooling below 224 px: PyTorch rows only)."""
+    try:
+        paths = {"onnx_fp32": export_onnx(cnn, name, folder / f"{name}.onnx", image_size=size, normalize=normalize,
+                                          source=weights)}
+    except ModelError as err:
+        notes.append(f"{name}: ONNX export failed at {size} px, so only PyTorch was measured: {err}")
+        return {}
+    for mode in int8_modes:
+        variant = f"onnx_int8_{mode}"
+        try:
+            paths[variant] = quantize_onnx(paths["onnx_fp32"], folder / f"{name}.int8-{mode}.onnx", mode=mode,
+                                           calibration=calibration, n_calibration=n_calibration)
+        except ModelError as err:
+            paths[variant] = None
+            notes.append(f"{name}: int8 {mode} failed: {err}")
+    return paths
+
+
+def _report_accuracy(cnn, normalize, paths: Mapping, test, threads: int) -> dict[str, dict]:
+    """Accuracy on ``test``, agreement with PyTorch and max |Δp(ALL)| of PyTorch and every exported file."""
+    reference = _torch_proba(cnn, test, normalize)
+    labels = _dataset_labels(test)
+    accuracy = {"pytorch": {"accuracy": float((reference.argmax(1) == labels).mean()), "agreement": 1.0,
+                            "max_abs_dp": 0.0, "n": len(labels)}}
+    for variant, p in paths.items():
+        if p is not None:
+            check = check_against_pytorch(p, test, reference=reference, threads=threads)
+            accuracy[variant] = {"accuracy": check["accuracy_onnx"], "agreement": check["agreement"],
+                                 "max_abs_dp": check["max_abs_diff"], "n": check["n"]}
+    return accuracy
+
+
+def _report_timing(model, threads: int, one: np.ndarray, many: np.ndarray, *, measure_batch: bool, warmup: int,
+                   runs: int, max_seconds: float, batch_runs: int) -> tuple[dict, dict | None]:
+    """Batch-1 latency and (``measure_batch``) the time of a ``many`` batch, of a PyTorch module or an ``.onnx``."""
+    def timed(run, x1, xb):
+        lat = measure_latency(lambda: run(x1), warmup=warmup, runs=runs, max_seconds=max_seconds)
+        thr = measure_latency(lambda: run(xb), warmup=1, runs=batch_runs, min_runs=1) if measure_batch else None
+        return lat, thr
+
+    if isinstance(model, nn.Module):
+        from allkit.perf import torch_threads
+
+        with torch_threads(threads), torch.inference_mode():
+            return timed(model, torch.from_numpy(one), torch.from_numpy(many))
+    return timed(OnnxPredictor(model, threads=threads).run, one, many)
+
+
 def deployment_report(
     backbones: Iterable[str] = DEPLOY_BACKBONES,
     *,
@@ -928,9 +997,8 @@ def deployment_report(
     the new one is written there (atomically). Returns a JSON-serialisable dict: ``machine``, ``settings``,
     ``rows`` (one per backbone x variant x threads; see :func:`report_table`), ``notes``.
     """
-    from allkit.hybrid import HybridClassifier
-    from allkit.models import build_model, get_spec
-    from allkit.perf import optimize_for_inference, torch_threads, tune_malloc
+    from allkit.models import get_spec
+    from allkit.perf import optimize_for_inference, tune_malloc
 
     _import_ort()
     _import_onnx()
@@ -974,93 +1042,41 @@ def deployment_report(
     folder.mkdir(parents=True, exist_ok=True)
     one = _sample_input(test, size, 1)
     many = _sample_input(test, size, int(batch))
+    timing = {"warmup": warmup, "runs": runs, "max_seconds": max_seconds, "batch_runs": batch_runs}
     try:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(backbones), desc="backbones", disable=not progress)
-        for name in backbones:
+        bar = tqdm(backbones, desc="backbones", disable=not progress)
+        for name in bar:
             bar.set_postfix_str(name)
-            spec = get_spec(name)
+            cnn, normalize, weights = _report_model(name, models.get(name), size)
             fine_tuned = name in models
-            if fine_tuned:
-                hybrid = HybridClassifier.load(models[name], device="cpu", progress=False)
-                cnn, normalize = hybrid.cnn_, hybrid.normalize
-                model_size = int((hybrid.preprocessing_ or {}).get("size") or size)
-                if model_size != size:
-                    raise ModelError(f"{models[name]} was trained at {model_size} px; the report measures {size} px")
-                weights = f"fine-tuned ({models[name]})"
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(SEED)
-                    cnn = build_model(name, None)
-                normalize = (spec.mean, spec.std)
-                weights = "random init (latency/size only)"
-            cnn = cnn.eval()
-            try:
-                paths = {"onnx_fp32": export_onnx(cnn, name, folder / f"{name}.onnx", image_size=size,
-                                                  normalize=normalize, source=weights)}
-            except ModelError as err:  # e.g. VGG16's 7x7 adaptive pooling below 224 px: PyTorch rows only
-                paths = {}
-                notes.append(f"{name}: ONNX export failed at {size} px, so only PyTorch was measured: {err}")
-            for mode in int8_modes if paths else ():
-                variant = f"onnx_int8_{mode}"
-                try:
-                    paths[variant] = quantize_onnx(paths["onnx_fp32"], folder / f"{name}.int8-{mode}.onnx",
-                                                   mode=mode, calibration=calibration, n_calibration=n_calibration)
-                except ModelError as err:
-                    paths[variant] = None
-                    notes.append(f"{name}: int8 {mode} failed: {err}")
+            paths = _report_files(cnn, name, folder, size, normalize, weights, int8_modes, calibration,
+                                  n_calibration, notes)
+            accuracy = _report_accuracy(cnn, normalize, paths, test, usable) if fine_tuned and test is not None else {}
             torch_model = DeployableModel(optimize_for_inference(cnn), normalize).eval()
-            accuracy: dict[str, dict] = {}
-            if fine_tuned and test is not None:
-                reference = _torch_proba(cnn, test, normalize)
-                labels = _dataset_labels(test)
-                accuracy["pytorch"] = {"accuracy": float((reference.argmax(1) == labels).mean()), "agreement": 1.0,
-                                       "max_abs_dp": 0.0, "n": len(labels)}
-                for variant, p in paths.items():
-                    if p is None:
-                        continue
-                    check = check_against_pytorch(p, test, reference=reference, threads=usable)
-                    accuracy[variant] = {"accuracy": check["accuracy_onnx"], "agreement": check["agreement"],
-                                         "max_abs_dp": check["max_abs_diff"], "n": check["n"]}
             pt_bytes = sum(t.numel() * t.element_size() for t in cnn.state_dict().values())
-            variants: list[tuple[str, Path | None]] = [("pytorch", None), *paths.items()]
-            for variant, p in variants:
-                if variant != "pytorch" and p is None:
-                    continue
+            for variant, p in [("pytorch", None), *((v, p) for v, p in paths.items() if p is not None)]:
                 measure_batch = name in throughput_set and variant in throughput_variants
                 for n_threads in thread_list:
-                    row = {"backbone": name, "weights": weights, "variant": variant,
-                           "precision": "int8" if "int8" in variant else "fp32", "threads": n_threads,
-                           "image_size": size,
-                           "size_mb": pt_bytes / 1e6 if p is None else _mb(p),
-                           "size_of": "state_dict tensors" if p is None else p.name}
-                    if p is None:
-                        with torch_threads(n_threads), torch.inference_mode():
-                            x1, xb = torch.from_numpy(one), torch.from_numpy(many)
-                            lat = measure_latency(lambda m=torch_model, x=x1: m(x), warmup=warmup, runs=runs,
-                                                  max_seconds=max_seconds)
-                            thr = (measure_latency(lambda m=torch_model, x=xb: m(x), warmup=1, runs=batch_runs,
-                                                   min_runs=1) if measure_batch else None)
-                    else:
-                        predictor = OnnxPredictor(p, threads=n_threads)
-                        lat = measure_latency(lambda r=predictor.run: r(one), warmup=warmup, runs=runs,
-                                              max_seconds=max_seconds)
-                        thr = (measure_latency(lambda r=predictor.run: r(many), warmup=1, runs=batch_runs,
-                                               min_runs=1) if measure_batch else None)
-                    row.update(latency_median_ms=lat["median_ms"], latency_p90_ms=lat["p90_ms"],
-                               latency_runs=lat["runs"],
-                               throughput_cells_s=None if thr is None else batch * 1000.0 / thr["median_ms"],
-                               throughput_runs=None if thr is None else thr["runs"])
+                    lat, thr = _report_timing(torch_model if p is None else p, n_threads, one, many,
+                                              measure_batch=measure_batch, **timing)
                     acc = accuracy.get(variant)
-                    row.update(accuracy=acc["accuracy"] if acc else None,
-                               agreement_with_pytorch=acc["agreement"] if acc else None,
-                               max_abs_dp=acc["max_abs_dp"] if acc else None,
-                               accuracy_cells=acc["n"] if acc else None,
-                               accuracy_note=None if acc else (NO_FINETUNED if not fine_tuned else "no test cells given"))
-                    rows.append(row)
-            bar.update(1)
-        bar.close()
+                    rows.append({
+                        "backbone": name, "weights": weights, "variant": variant,
+                        "precision": "int8" if "int8" in variant else "fp32", "threads": n_threads,
+                        "image_size": size, "size_mb": pt_bytes / 1e6 if p is None else _mb(p),
+                        "size_of": "state_dict tensors" if p is None else p.name,
+                        "latency_median_ms": lat["median_ms"], "latency_p90_ms": lat["p90_ms"],
+                        "latency_runs": lat["runs"],
+                        "throughput_cells_s": None if thr is None else batch * 1000.0 / thr["median_ms"],
+                        "throughput_runs": None if thr is None else thr["runs"],
+                        "accuracy": acc["accuracy"] if acc else None,
+                        "agreement_with_pytorch": acc["agreement"] if acc else None,
+                        "max_abs_dp": acc["max_abs_dp"] if acc else None,
+                        "accuracy_cells": acc["n"] if acc else None,
+                        "accuracy_note": None if acc else (NO_FINETUNED if not fine_tuned else "no test cells given"),
+                    })
     finally:
         if workdir is not None:
             workdir.cleanup()
