@@ -244,42 +244,30 @@ def cnn_predict_proba(
 ) -> np.ndarray:
     """Class probabilities of the CNN alone (softmax of its 2-class head): float32 ``(N, 2)``, ``[HEM, ALL]``.
 
-    ``tta=True``: the mean softmax over the eight dihedral views of each cell (:func:`allkit.tta.tta_proba`).
+    ``tta=True``: the mean softmax over the eight dihedral views of each cell (:data:`allkit.tta.DIHEDRAL_VIEWS`).
 
     This is the paper's "CNN alone" baseline (0.81 accuracy) to compare with the hybrid (0.85). The
     same evaluation preprocessing as :meth:`HybridClassifier.extract_features`; ``device=None`` runs
     where ``cnn`` already is. Raises :class:`ModelError` unless the head has exactly 2 outputs.
     """
     from allkit.models import LogitsExtractor
+    from allkit.tta import DIHEDRAL_VIEWS, DihedralView
 
-    if tta:
-        from allkit.tta import DIHEDRAL_VIEWS, DihedralView, softmax
-
-        total = np.zeros((len(dataset), len(CLASS_NAMES)), dtype=np.float64)
-        for turns, flip in DIHEDRAL_VIEWS:
-            view = DihedralView(LogitsExtractor(cnn), turns, flip)
-            view.training = cnn.training
-            logits = _run(view, dataset, batch_size=batch_size,
-                          device=_module_device(cnn) if device is None else _resolve_device(device),
-                          normalize=normalize, progress=progress, desc="CNN predictions (8 views)")
-            if logits.shape[1] != len(CLASS_NAMES):
-                raise ModelError(f"the CNN has a {logits.shape[1]}-output head; cnn_predict_proba expects "
-                                 f"{len(CLASS_NAMES)} outputs (HEM, ALL)")
-            total += softmax(logits)
-        return (total / len(DIHEDRAL_VIEWS)).astype(np.float32)
-    wrapper = LogitsExtractor(cnn)
-    wrapper.training = cnn.training  # so that batched_inference restores the CNN's own mode
-    logits = _run(
-        wrapper, dataset, batch_size=batch_size,
-        device=_module_device(cnn) if device is None else _resolve_device(device),
-        normalize=normalize, progress=progress, desc="CNN predictions",
-    )
-    if logits.shape[1] != len(CLASS_NAMES):
-        raise ModelError(
-            f"the CNN has a {logits.shape[1]}-output head; cnn_predict_proba expects {len(CLASS_NAMES)} "
-            f"outputs ({', '.join(CLASS_NAMES)}), i.e. a model fine-tuned with build_model(..., num_classes=2)"
-        )
-    return torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy().astype(np.float32)
+    views = DIHEDRAL_VIEWS if tta else DIHEDRAL_VIEWS[:1]  # view 0 is the cell as it is
+    device = _module_device(cnn) if device is None else _resolve_device(device)
+    total = np.zeros((len(dataset), len(CLASS_NAMES)), dtype=np.float64)
+    for index, (turns, flip) in enumerate(views):
+        module = LogitsExtractor(cnn) if index == 0 else DihedralView(LogitsExtractor(cnn), turns, flip)
+        module.training = cnn.training  # so that batched_inference restores the CNN's own mode
+        logits = _run(module, dataset, batch_size=batch_size, device=device, normalize=normalize, progress=progress,
+                      desc=f"CNN predictions, view {index}" if tta else "CNN predictions")
+        if logits.shape[1] != len(CLASS_NAMES):
+            raise ModelError(
+                f"the CNN has a {logits.shape[1]}-output head; cnn_predict_proba expects {len(CLASS_NAMES)} "
+                f"outputs ({', '.join(CLASS_NAMES)}), i.e. a model fine-tuned with build_model(..., num_classes=2)"
+            )
+        total += torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
+    return (total / len(views)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------

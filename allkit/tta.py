@@ -102,8 +102,7 @@ def extract(model: nn.Module, backbone: str, dataset, *, normalize, view: int | 
     ``view``: index into :data:`DIHEDRAL_VIEWS` (``None`` or 0: the cell as it is). ``random_seed``: show
     the cells through :class:`RandomViews` instead (the authors' test-time augmentation).
     """
-    from allkit.hybrid import _without_augmentation
-    from allkit.train import batched_inference
+    from allkit.hybrid import _run, _without_augmentation
 
     module: nn.Module = FeaturesAndLogits(model, backbone)
     if view:
@@ -113,9 +112,7 @@ def extract(model: nn.Module, backbone: str, dataset, *, normalize, view: int | 
     if random_seed is not None:
         data = RandomViews(data, random_seed)
     desc = "random views" if random_seed is not None else f"view {view or 0}"
-    chunks = [out.reshape(out.shape[0], -1) for out in batched_inference(
-        module, data, batch_size=batch_size, device=device, progress=progress, normalize=normalize, desc=desc)]
-    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+    return _run(module, data, batch_size=batch_size, device=device, normalize=normalize, progress=progress, desc=desc)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -124,15 +121,3 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
-def tta_proba(model: nn.Module, backbone: str, dataset, *, normalize, batch_size: int = BATCH_SIZE,
-              device="auto", progress: bool = False) -> np.ndarray:
-    """The CNN's ``[HEM, ALL]`` probabilities averaged over the eight dihedral views: float32 ``(N, 2)``."""
-    total = None
-    for view in range(len(DIHEDRAL_VIEWS)):
-        out = extract(model, backbone, dataset, normalize=normalize, view=view, batch_size=batch_size,
-                      device=device, progress=progress)
-        proba = softmax(out[:, -2:])
-        total = proba if total is None else total + proba
-    return (total / len(DIHEDRAL_VIEWS)).astype(np.float32)

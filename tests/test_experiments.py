@@ -18,7 +18,7 @@ from allkit.experiments import Variant, format_rows, run_variant, score_row
 from allkit.hybrid import cnn_predict_proba
 from allkit.profiles import Profile
 from allkit.recipes import RECIPES, get_recipe
-from allkit.tta import DIHEDRAL_VIEWS, DihedralView, RandomViews, extract, tta_proba
+from allkit.tta import DIHEDRAL_VIEWS, DihedralView, RandomViews, extract, softmax
 
 PROFILE = Profile(name="unit", split="subject", backbone="efficientnet_lite0", weights="offline",
                   fallback_backbone=None, image_size=64, epochs=1, xgb_estimators=8, n_boot=30, n_gradcam=1)
@@ -168,12 +168,13 @@ def test_tta_of_an_invariant_model_equals_one_view():
     torch.testing.assert_close(averaged, plain, atol=1e-6, rtol=1e-5)
 
 
-def test_tta_proba_is_the_mean_of_the_eight_views(runs):
+def test_tta_is_the_mean_of_the_eight_views(runs):
     run = runs[0]["improved"]
     run._ensure_loaded()
     dataset = run.prepared.datasets["test"]
     kw = {"normalize": run.prepared.normalize, "device": "cpu"}
-    averaged = tta_proba(run.model, run.backbone, dataset, **kw)
+    views = [extract(run.model, run.backbone, dataset, view=v, **kw)[:, -2:] for v in range(len(DIHEDRAL_VIEWS))]
+    averaged = np.mean([softmax(logits) for logits in views], axis=0)
     np.testing.assert_allclose(run.cnn_proba("test", "tta"), averaged, atol=1e-5)
     np.testing.assert_allclose(cnn_predict_proba(run.model, dataset, tta=True, **kw), averaged, atol=1e-5)
     assert not np.allclose(averaged, run.cnn_proba("test"), atol=1e-6)
