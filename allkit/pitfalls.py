@@ -33,37 +33,34 @@ CHOICES = {
 
 
 def authors_code_rows(correct: VariantRun, authors_head: VariantRun, no_normalization: VariantRun, *,
-                      split: str = "test", n_boot: int = 1000, seed: int = 0) -> list[dict]:
-    """The hybrid's scores on ``split`` with each of the authors' choices (a), (b), (e) against the correct
-    one: accuracy, weighted F1 and ROC AUC with 95% subject-bootstrap intervals (rows of
-    :func:`allkit.experiments.score_row`, with a ``choice`` key)."""
-    frame = correct.frame(split)
-    kw = {"n_boot": n_boot, "seed": seed}
-    rows = [
-        {**score_row("correct: 1280-d features, normalised, one plain view", frame,
-                     correct.hybrid_proba(split), **kw), "choice": "-"},
-        {**score_row(f"(a) {CHOICES['a']}", frame, correct.hybrid_proba(split, "random"), **kw), "choice": "a"},
-        {**score_row(f"(b) {CHOICES['b']}", authors_head.frame(split),
-                     authors_head.hybrid_proba(split, source="logits"), **kw), "choice": "b"},
-        {**score_row(f"(e) {CHOICES['e']}", no_normalization.frame(split),
-                     no_normalization.hybrid_proba(split), **kw), "choice": "e"},
-    ]
-    return rows
+                      split: str = "test", n_boot: int = 1000, seed: int = 0, model: str = "hybrid") -> list[dict]:
+    """Scores on ``split`` with each of the authors' choices (a), (b), (e) against the correct one:
+    accuracy, weighted F1 and ROC AUC with 95% subject-bootstrap intervals (rows of
+    :func:`allkit.experiments.score_row`, with a ``choice`` key). ``model``: ``"hybrid"`` (for (b), XGBoost
+    on the kept head's 1000 logits) or ``"cnn"`` (the CNN alone; for (b), the kept ImageNet head scored on
+    its outputs 0 and 1)."""
+    if model == "hybrid":
+        names = {"-": "correct: 1280-d features, normalised, one plain view", "b": f"(b) {CHOICES['b']}"}
+
+        def proba(run: VariantRun, kind: str) -> np.ndarray:
+            return run.hybrid_proba(split, kind, source="logits" if run is authors_head else "features")
+    elif model == "cnn":
+        names = {"-": "correct", "b": "(b) the ImageNet head kept (outputs 0 and 1)"}
+
+        def proba(run: VariantRun, kind: str) -> np.ndarray:
+            return run.cnn_proba(split, kind)
+    else:
+        raise ValueError(f"model={model!r}; expected 'hybrid' or 'cnn'")
+    names.update(a=f"(a) {CHOICES['a']}", e=f"(e) {CHOICES['e']}")
+    settings = [("-", correct, "plain"), ("a", correct, "random"), ("b", authors_head, "plain"),
+                ("e", no_normalization, "plain")]
+    return [{**score_row(names[choice], run.frame(split), proba(run, kind), n_boot=n_boot, seed=seed),
+             "choice": choice} for choice, run, kind in settings]
 
 
-def cnn_rows(correct: VariantRun, authors_head: VariantRun, no_normalization: VariantRun, *,
-             split: str = "test", n_boot: int = 1000, seed: int = 0) -> list[dict]:
-    """The same comparison for the CNN alone (the kept ImageNet head scored on its outputs 0 and 1)."""
-    frame = correct.frame(split)
-    kw = {"n_boot": n_boot, "seed": seed}
-    return [
-        {**score_row("correct", frame, correct.cnn_proba(split), **kw), "choice": "-"},
-        {**score_row(f"(a) {CHOICES['a']}", frame, correct.cnn_proba(split, "random"), **kw), "choice": "a"},
-        {**score_row("(b) the ImageNet head kept (outputs 0 and 1)", authors_head.frame(split),
-                     authors_head.cnn_proba(split), **kw), "choice": "b"},
-        {**score_row(f"(e) {CHOICES['e']}", no_normalization.frame(split), no_normalization.cnn_proba(split),
-                     **kw), "choice": "e"},
-    ]
+def cnn_rows(correct: VariantRun, authors_head: VariantRun, no_normalization: VariantRun, **kwargs) -> list[dict]:
+    """The same comparison for the CNN alone: ``authors_code_rows(..., model="cnn")``."""
+    return authors_code_rows(correct, authors_head, no_normalization, model="cnn", **kwargs)
 
 
 def outside_binary(run: VariantRun, split: str = "test") -> float:
@@ -92,12 +89,12 @@ def unseeded_split_spread(run: VariantRun, *, n_draws: int = 20, source: str = "
     frame = pd.concat(frames, ignore_index=True)
     p_all = np.concatenate(probas)[:, 1]
     y = frame["label"].to_numpy()
+    pred = (p_all > 0.5).astype(int)
     rows = []
     for draw in range(n_draws):
         order = np.random.default_rng(draw).permutation(len(frame))
         half = len(frame) // 2
         val_idx, test_idx = order[:half], order[half:]
-        pred = (p_all > 0.5).astype(int)
         shared = set(frame["subject"].iloc[val_idx]) & set(frame["subject"].iloc[test_idx])
         rows.append({
             "draw": draw,

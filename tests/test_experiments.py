@@ -241,6 +241,8 @@ def test_authors_code_rows_and_spread(runs):
     row = pitfalls.spread_row(spread, "c")
     assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
     assert len(pitfalls.cnn_rows(r["paper"], r["head"], r["raw"], n_boot=20)) == 4
+    with pytest.raises(ValueError, match="model='svm'"):
+        pitfalls.authors_code_rows(r["paper"], r["head"], r["raw"], model="svm")
 
 
 def test_leakage_rows_and_overlap(runs):
