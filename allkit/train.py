@@ -72,7 +72,9 @@ OPTIMIZERS = ("adamax", "adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 # Parameters that change the trained weights: a resumed run must use the same values.
 _RESULT_PARAMS = ("batch_size", "lr", "optimizer", "seed", "class_weight", "normalize", "augment",
-                  "max_batches", "aux_weight")
+                  "max_batches", "aux_weight", "lr_schedule", "warmup_epochs", "label_smoothing")
+# Their values in checkpoints written before these parameters existed.
+_RESULT_DEFAULTS = {"lr_schedule": "constant", "warmup_epochs": 0.0, "label_smoothing": 0.0}
 # Parameters that may change on resume (different machine), at the price of bit-exactness.
 _PLATFORM_PARAMS = ("device", "amp", "channels_last")
 
@@ -531,8 +533,12 @@ class Trainer:
             return None
         state = load_checkpoint(path)
         saved, current = state["params"], self.get_params()
+        saved = {**_RESULT_DEFAULTS, **saved}
         differ = [f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in _RESULT_PARAMS
                   if saved.get(k) != current[k]]
+        if current["lr_schedule"] != "constant" and saved.get("epochs") != current["epochs"]:
+            differ.append(f"epochs: checkpoint {saved.get('epochs')!r} vs now {current['epochs']!r} (the "
+                          f"{current['lr_schedule']} schedule spans all epochs)")
         if differ:
             raise CheckpointError(f"cannot resume from {path}: it was trained with other settings ("
                                   + "; ".join(differ) + "). Use the same settings or a new checkpoint_dir")

@@ -273,6 +273,24 @@ def test_resume_refuses_other_settings(data, tmp_path):
     quick(epochs=1, checkpoint_dir=tmp_path).fit(tiny(), data["train"])
     with pytest.raises(CheckpointError, match="lr"):
         quick(epochs=2, lr=1e-2, checkpoint_dir=tmp_path).fit(tiny(), data["train"], resume=True)
+    with pytest.raises(CheckpointError, match="label_smoothing: checkpoint 0.0 vs now 0.1"):
+        quick(epochs=2, label_smoothing=0.1, checkpoint_dir=tmp_path).fit(tiny(), data["train"], resume=True)
+    with pytest.raises(CheckpointError, match="lr_schedule: checkpoint 'constant' vs now 'cosine'"):
+        quick(epochs=2, lr_schedule="cosine", checkpoint_dir=tmp_path).fit(tiny(), data["train"], resume=True)
+    cosine = tmp_path / "cosine"
+    quick(epochs=2, lr_schedule="cosine", checkpoint_dir=cosine).fit(tiny(), data["train"])
+    with pytest.raises(CheckpointError, match="the cosine schedule spans all epochs"):
+        quick(epochs=3, lr_schedule="cosine", checkpoint_dir=cosine).fit(tiny(), data["train"], resume=True)
+
+
+def test_checkpoint_from_before_the_schedule_parameters_resumes(data, tmp_path):
+    quick(epochs=1, checkpoint_dir=tmp_path).fit(tiny(), data["train"])
+    state = load_checkpoint(tmp_path)
+    for name in ("lr_schedule", "warmup_epochs", "label_smoothing"):
+        del state["params"][name]
+    torch.save(state, tmp_path / "last.pt")
+    resumed = quick(epochs=2, checkpoint_dir=tmp_path).fit(tiny(), data["train"], resume=True)
+    assert [h["epoch"] for h in resumed.history_] == [1, 2]
 
 
 def test_nan_loss_raises_and_keeps_checkpoint(data, tmp_path):
