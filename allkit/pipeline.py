@@ -203,18 +203,33 @@ def finetune_with(prepared: Prepared, model: torch.nn.Module, recipe=None, *, se
 
 
 def fit_hybrid(prepared: Prepared, model: torch.nn.Module, *, progress: bool = True, feature_source="features",
-               tta: bool = False):
+               recipe=None):
     """XGBoost (eta 0.35) on the fine-tuned CNN's pooled features; records error and AUC per round.
-    ``tta``: the fitted hybrid predicts over the eight dihedral views (the improved recipe)."""
+
+    ``recipe`` (default: the paper's) sets how the hybrid predicts: with the improved one, over the eight
+    dihedral views, and ALL above the threshold with the best balanced accuracy on the validation cells
+    (:func:`validation_threshold`). Both are parameters of the returned hybrid, so they are saved with it."""
     from allkit.hybrid import HybridClassifier
+    from allkit.recipes import get_recipe
 
     p = prepared.profile
+    chosen = get_recipe(recipe)
     hybrid = HybridClassifier(backbone=prepared.backbone, cnn=model, normalize=prepared.normalize, eta=p.xgb_eta,
                               n_estimators=p.xgb_estimators, batch_size=p.batch_size, device=prepared.device,
-                              seed=p.seed, feature_source=feature_source, progress=progress, tta=tta)
+                              seed=p.seed, feature_source=feature_source, progress=progress, tta=chosen.tta)
     sets = [(name, prepared.datasets[name]) for name in ("train", "val") if name in prepared.datasets]
     hybrid.fit(prepared.datasets["train"], eval_sets=[("validation" if n == "val" else n, d) for n, d in sets])
+    if chosen.threshold == "validation" and "val" in prepared.datasets:
+        hybrid.set_params(threshold=validation_threshold(prepared, hybrid.predict_proba(prepared.datasets["val"])))
     return hybrid
+
+
+def validation_threshold(prepared: Prepared, p_val: np.ndarray) -> float:
+    """The threshold on P(ALL) with the best balanced accuracy on the validation cells
+    (:func:`allkit.calibration.choose_threshold`), for probabilities ``p_val`` of those cells."""
+    from allkit.calibration import choose_threshold
+
+    return float(choose_threshold(prepared.datasets["val"].frame["label"].to_numpy(), p_val).threshold)
 
 
 def evaluate_predictions(frame: pd.DataFrame, proba: np.ndarray, *, n_boot: int, seed: int,
@@ -341,20 +356,16 @@ def reproduce(profile: Profile | str | None = None, data=None, *, out: str | os.
                                   device=prepared.device, progress=progress, tta=chosen.tta)
 
     t0 = time.perf_counter()
-    hybrid = fit_hybrid(prepared, model, progress=progress, tta=chosen.tta)
+    hybrid = fit_hybrid(prepared, model, progress=progress, recipe=chosen)
     hybrid_seconds = time.perf_counter() - t0
     hybrid_proba = hybrid.predict_proba(test)
     thresholds = {"cnn": None, "hybrid": None}
     if chosen.threshold == "validation" and "val" in prepared.datasets:
-        from allkit.calibration import choose_threshold
-
-        val = prepared.datasets["val"]
-        y_val = val.frame["label"].to_numpy()
-        thresholds["hybrid"] = float(choose_threshold(y_val, hybrid.predict_proba(val)).threshold)
-        hybrid.set_params(threshold=thresholds["hybrid"])
-        val_cnn = cnn_predict_proba(model, val, batch_size=p.batch_size, normalize=prepared.normalize,
-                                    device=prepared.device, progress=progress, tta=chosen.tta)
-        thresholds["cnn"] = float(choose_threshold(y_val, val_cnn).threshold)
+        thresholds["hybrid"] = float(hybrid.threshold)
+        val_cnn = cnn_predict_proba(model, prepared.datasets["val"], batch_size=p.batch_size,
+                                    normalize=prepared.normalize, device=prepared.device, progress=progress,
+                                    tta=chosen.tta)
+        thresholds["cnn"] = validation_threshold(prepared, val_cnn)
     metrics = {
         "run_card": {**prepared.card(), "recipe": chosen.name},
         "profile": p.to_dict(),

@@ -181,13 +181,27 @@ def test_reproduce_with_the_improved_recipe(synthetic_root, tmp_path, capsys):
     assert cm.sum() == metrics["run_card"]["counts"]["test"]["cells"]
 
 
-def test_train_with_a_recipe_then_fit_hybrid_keeps_its_tta(synthetic_root, tmp_path, capsys):
+def test_train_with_a_recipe_then_fit_hybrid_keeps_its_tta_and_threshold(synthetic_root, tmp_path, capsys,
+                                                                         monkeypatch):
+    import allkit.calibration
+
     code, _, _ = run_cli(["train", "--profile", "ci", "--data", synthetic_root, "--out", tmp_path, "--quiet",
                           "--recipe", "improved", *OFFLINE], capsys)
     assert code == 0
     assert json.loads((tmp_path / "train.json").read_text())["recipe"] == "improved"
-    code, _, _ = run_cli(["fit-hybrid", "--cnn", tmp_path, "--quiet"], capsys)
-    assert code == 0 and HybridClassifier.load(tmp_path / "model").tta is True
+    chosen, real = [], allkit.calibration.choose_threshold
+
+    def recording(y, p, *args, **kwargs):
+        chosen.append((len(y), real(y, p, *args, **kwargs).threshold))
+        return real(y, p, *args, **kwargs)
+
+    monkeypatch.setattr(allkit.calibration, "choose_threshold", recording)
+    code, out, _ = run_cli(["fit-hybrid", "--cnn", tmp_path, "--quiet"], capsys)
+    loaded = HybridClassifier.load(tmp_path / "model")
+    n_val = json.loads((tmp_path / "train.json").read_text())["run_card"]["counts"]["val"]["cells"]
+    assert code == 0 and loaded.tta is True
+    # the improved recipe's decision threshold: chosen once, on the validation cells, and saved with the model
+    assert chosen == [(n_val, loaded.threshold)] and f"{loaded.threshold:.3f}" in out
 
 
 def test_unknown_recipe_is_refused(capsys):

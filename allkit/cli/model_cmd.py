@@ -149,9 +149,11 @@ def run_fit_hybrid(args) -> int:
     from allkit.pipeline import fit_hybrid, load_cnn
 
     prepared, model, recipe = load_cnn(args.cnn, progress=not args.quiet)
-    hybrid = fit_hybrid(prepared, model, progress=not args.quiet, tta=recipe.tta)
+    hybrid = fit_hybrid(prepared, model, progress=not args.quiet, recipe=recipe)
     out = Path(args.out) if args.out else Path(args.cnn) / "model"
     hybrid.save(out)
+    if recipe.threshold == "validation":
+        print(f"decision threshold on P(ALL), chosen on the validation cells: {hybrid.threshold:.3f}")
     for name in ("val", "test"):
         if name in prepared.datasets:
             print(f"hybrid accuracy on {name}: {hybrid.score(prepared.datasets[name]):.3f}")
