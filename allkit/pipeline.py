@@ -144,9 +144,12 @@ def prepare(profile: Profile | str | None = None, data: str | os.PathLike | None
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     root, source = resolve_data_root(data)
     cells = load_cnmc(root)
-    split = split(cells.frame) if split is not None else make_split(cells.frame, profile.split if profile.split != "paper" or
-                       (cells.frame["fold"] == "prelim").any() else "subject",
-                       seed=profile.seed, val_size=profile.val_size, test_size=profile.test_size)
+    if split is not None:
+        split = split(cells.frame)
+    else:
+        by = profile.split if profile.split != "paper" or (cells.frame["fold"] == "prelim").any() else "subject"
+        split = make_split(cells.frame, by, seed=profile.seed, val_size=profile.val_size,
+                           test_size=profile.test_size)
     frames = {"train": _subset(split.train, profile.max_train_cells, profile.seed),
               "val": _subset(split.val, profile.max_eval_cells, profile.seed),
               "test": _subset(split.test, profile.max_eval_cells, profile.seed)}
@@ -190,8 +193,9 @@ def finetune_with(prepared: Prepared, model: torch.nn.Module, recipe=None, *, se
     from allkit.train import Trainer
 
     p = prepared.profile
-    kwargs = get_recipe(recipe).trainer_kwargs()
-    if p.lr != kwargs["lr"] and get_recipe(recipe).name == "paper":
+    chosen = get_recipe(recipe)
+    kwargs = chosen.trainer_kwargs()
+    if p.lr != kwargs["lr"] and chosen.name == "paper":
         kwargs["lr"] = p.lr  # a profile that sets its own learning rate keeps it under the paper's recipe
     if kwargs["keep_best"] and "val" not in prepared.datasets:
         kwargs["keep_best"] = False  # nothing to choose the best epoch on
