@@ -58,7 +58,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score
 from torch import nn
 
-from allkit.atomic import read_json, sha256_file
+from allkit.atomic import atomic_file, read_json, sha256_file
 from allkit.constants import (
     BATCH_SIZE,
     CLASS_NAMES,
@@ -535,15 +535,8 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         path = self._disk_path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".npy.tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, features, allow_pickle=False)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(path, "wb") as handle:
+            np.save(handle, features, allow_pickle=False)
 
     def _check_dataset_preprocessing(self, dataset) -> None:
         check_preprocessing(dataset, getattr(self, "preprocessing_", None), "this model was fitted on cells", ModelError)
