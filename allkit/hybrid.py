@@ -664,7 +664,10 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         """
         self._check_fitted()
         if self.tta and _is_dataset(X):
-            return np.mean([self._xgb_proba(self._view_features(X, view)) for view in range(8)], axis=0)
+            from allkit.tta import DIHEDRAL_VIEWS
+
+            views = range(len(DIHEDRAL_VIEWS))
+            return np.mean([self._xgb_proba(self._view_features(X, view)) for view in views], axis=0)
         return self._xgb_proba(self._as_features(X))
 
     def _xgb_proba(self, features: np.ndarray) -> np.ndarray:
