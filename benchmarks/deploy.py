@@ -1,6 +1,6 @@
 """Low-power deployment, measured: size, CPU latency, throughput and accuracy of PyTorch fp32 vs ONNX Runtime
 fp32 vs ONNX Runtime int8 (static QDQ and dynamic) for four backbones. A thin CLI over
-:func:`allkit.export.deployment_report` (the book's chapter 12 calls the same code).
+:func:`allkit.deploy.deployment_report` (the book's chapter 12 calls the same code).
 
 What is measured, per backbone (224 px by default):
 
@@ -21,8 +21,6 @@ Static int8 is calibrated on training cells of the run (never its test cells).
     python benchmarks/deploy.py --model efficientnet_b0=runs/paper/model --run runs/paper
 """
 
-from __future__ import annotations
-
 import argparse
 import sys
 from pathlib import Path
@@ -31,10 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import pandas as pd  # noqa: E402
+
+from allkit.deploy import DEPLOY_BACKBONES, deployment_report, summary_table  # noqa: E402
+from allkit.errors import AllkitError  # noqa: E402
+from allkit.files import write_json  # noqa: E402
+from allkit.study.perf import speed_up  # noqa: E402
+from allkit.study.run import load_run, rebuild_prepared  # noqa: E402
+
 
 def _models(values: list[str]) -> dict[str, str]:
-    from allkit.errors import AllkitError
-
     models = {}
     for value in values:
         name, sep, folder = value.partition("=")
@@ -45,17 +49,23 @@ def _models(values: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from allkit.export import DEPLOY_BACKBONES
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--backbones", nargs="+", default=list(DEPLOY_BACKBONES))
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
-    parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
-                        help="a fine-tuned saved model per backbone (default: efficientnet_lite0=RUN/model)")
-    parser.add_argument("--run", default=str(ROOT / "runs" / "sample"),
-                        help="finished run whose test cells (accuracy) and training cells (int8 calibration) "
-                             "are used; '' for none")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a fine-tuned saved model per backbone (default: efficientnet_lite0=RUN/model)",
+    )
+    parser.add_argument(
+        "--run",
+        default=str(ROOT / "runs" / "sample"),
+        help="finished run whose test cells (accuracy) and training cells (int8 calibration) are used; '' for none",
+    )
     parser.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per measurement")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="cap per batch-1 measurement")
     parser.add_argument("--batch", type=int, default=32)
@@ -68,16 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-onnx", action="store_true", help="keep the .onnx files next to --out")
     args = parser.parse_args(argv)
 
-    from allkit.atomic import write_json
-    from allkit.errors import AllkitError
-    from allkit.export import deployment_report, summary_table
-
+    speed_up()  # as every allkit entry point: tuned malloc, torch threads = the usable cores ("all" below)
     try:
         models = _models(args.model)
         test = calibration = None
         if args.run:
-            from allkit.pipeline import load_run, rebuild_prepared
-
             run_dir = Path(args.run)
             if (run_dir / "metrics.json").is_file():
                 models.setdefault(load_run(run_dir).card["backbone"], str(run_dir / "model"))
@@ -91,10 +96,21 @@ def main(argv: list[str] | None = None) -> int:
             runs, batch_runs, max_seconds, warmup = min(runs, 10), 1, min(max_seconds, 5.0), 2
         out = Path(args.out)
         report = deployment_report(
-            args.backbones, image_size=args.size, models=models, test=test, calibration=calibration,
-            threads=threads, runs=runs, warmup=warmup, max_seconds=max_seconds, batch=args.batch,
-            batch_runs=batch_runs, int8_modes=args.int8, note=args.note,
-            out_dir=out.parent / "onnx" if args.keep_onnx else None, progress=True,
+            args.backbones,
+            image_size=args.size,
+            models=models,
+            test=test,
+            calibration=calibration,
+            threads=threads,
+            runs=runs,
+            warmup=warmup,
+            max_seconds=max_seconds,
+            batch=args.batch,
+            batch_runs=batch_runs,
+            int8_modes=args.int8,
+            note=args.note,
+            out_dir=out.parent / "onnx" if args.keep_onnx else None,
+            progress=True,
         )
     except AllkitError as err:
         print(f"deploy.py: error: {err}", file=sys.stderr)
@@ -103,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     report["quick"] = bool(args.quick)
     write_json(out, report, indent=2)
 
-    import pandas as pd
-
     machine = report["machine"]
-    print(f"\nCPU {machine['cpu']} ({machine['usable_cpus']} usable of {machine['logical_cpus']} logical CPUs; "
-          f"int8 features {', '.join(machine['int8_cpu_features']) or 'none'}), onnxruntime "
-          f"{machine['versions']['onnxruntime']}, torch {machine['versions']['torch']}, load average at start "
-          f"{machine.get('load_average_at_start')}, at end {machine['load_average_1_5_15']}")
+    print(
+        f"\nCPU {machine['cpu']} ({machine['usable_cpus']} usable of {machine['logical_cpus']} logical CPUs; "
+        f"int8 features {', '.join(machine['int8_cpu_features']) or 'none'}), onnxruntime "
+        f"{machine['versions']['onnxruntime']}, torch {machine['versions']['torch']}, load average at start "
+        f"{machine.get('load_average_at_start')}, at end {machine['load_average_1_5_15']}"
+    )
     with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:.4g}".format):
         print(summary_table(report).drop(columns=["weights"]).to_string(index=False))
     for name, weights in {r["backbone"]: r["weights"] for r in report["rows"]}.items():

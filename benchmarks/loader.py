@@ -22,16 +22,23 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from allkit.constants import BATCH_SIZE, CROP_SIZE, FLIP_PROBABILITY, IMAGE_SIZE, ROTATION_DEGREES
-from allkit.data import CellDataset, build_cache, load_cnmc, make_loader, resolve_data_root
-from allkit.perf import tune_malloc
+from allkit.data import CellDataset, build_cache, load_cnmc, make_loader
+from allkit.study.perf import tune_malloc
+from allkit.study.workspace import data_root
 from allkit.transforms import BatchAugment, to_model_input
 
 
 def authors_style(fold_dir: str, n_images: int) -> float:
-    transform = T.Compose([
-        T.CenterCrop(CROP_SIZE), T.Resize(IMAGE_SIZE), T.RandomHorizontalFlip(FLIP_PROBABILITY),
-        T.RandomVerticalFlip(FLIP_PROBABILITY), T.RandomRotation(ROTATION_DEGREES), T.ToTensor(),
-    ])
+    transform = T.Compose(
+        [
+            T.CenterCrop(CROP_SIZE),
+            T.Resize(IMAGE_SIZE),
+            T.RandomHorizontalFlip(FLIP_PROBABILITY),
+            T.RandomVerticalFlip(FLIP_PROBABILITY),
+            T.RandomRotation(ROTATION_DEGREES),
+            T.ToTensor(),
+        ]
+    )
     dataset = datasets.ImageFolder(fold_dir, transform=transform)
     subset = Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:n_images])
     loader = DataLoader(subset, batch_size=BATCH_SIZE, shuffle=True, num_workers=0)
@@ -44,7 +51,7 @@ def authors_style(fold_dir: str, n_images: int) -> float:
 
 def allkit_style(cache, epochs: int) -> float:
     # allkit's trainer and inference keep big buffers instead of returning them to the OS after every
-    # batch (allkit.perf.tune_malloc); process-wide, so it runs after the authors' style was timed.
+    # batch (allkit.study.perf.tune_malloc); process-wide, so it runs after the authors' style was timed.
     tune_malloc()
     dataset = CellDataset(cache)
     augment = BatchAugment()
@@ -68,13 +75,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    root, source = resolve_data_root(args.data)
+    root, source = data_root(args.data)
     data = load_cnmc(root)
     train = data.frame[data.frame["fold"].str.startswith("fold_")]
     fold_dir = str(sorted({p.rsplit("/", 2)[0] for p in train["path"]})[0])
     fold_frame = train[train["path"].str.startswith(fold_dir + "/")]
-    print(f"data: {data.root} ({source}{', SYNTHETIC' if data.synthetic else ''}); timing {fold_dir}: "
-          f"{len(fold_frame)} cells; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"data: {data.root} ({source}{', SYNTHETIC' if data.synthetic else ''}); timing {fold_dir}: "
+        f"{len(fold_frame)} cells; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
     start = time.perf_counter()
     cache = build_cache(fold_frame, progress=False)

@@ -1,8 +1,6 @@
 """Shared fixtures: small synthetic C-NMC trees (whole, or as cached training and test cells), one torch thread,
 and the real fold-1 sample when ALLKIT_DATA points at it."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 
@@ -11,6 +9,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import matplotlib  # noqa: E402
 import pytest  # noqa: E402
+
+from allkit.data import CellDataset, build_cache, load_cnmc  # noqa: E402
+from allkit.study.perf import torch_threads  # noqa: E402
+from allkit.study.synthetic import make_synthetic_cnmc  # noqa: E402
 
 matplotlib.use("Agg")
 
@@ -28,8 +30,6 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """Folder holding a synthetic C-NMC_Leukemia/ tree (3 folds, prelim and final test sets)."""
-    from allkit.data.synthetic import make_synthetic_cnmc
-
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic_cnmc(root, seed=0, cells_per_subject=6)
     return root
@@ -39,8 +39,6 @@ def synthetic_root(tmp_path_factory) -> Path:
 def one_torch_thread():
     """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): on a 2-core
     runner shared with other processes, spinning OpenMP threads made a 0.1 s forward pass take 2 s (measured)."""
-    from allkit.perf import torch_threads
-
     with torch_threads(1):
         yield
 
@@ -49,17 +47,20 @@ def cached_train_test(root: Path, *, cache_size: int, **synthetic) -> dict:
     """A synthetic C-NMC tree made under ``root`` (``synthetic``: arguments of ``make_synthetic_cnmc``) and
     cached at ``cache_size`` px: its training folds (``train``) and preliminary test set (``test``) as
     datasets, with ``root``, ``cnmc``, ``frame`` and ``cache``. Training and test subjects never overlap."""
-    from allkit.data import CellDataset, build_cache, load_cnmc
-    from allkit.data.synthetic import make_synthetic_cnmc
-
     cnmc = make_synthetic_cnmc(root, **synthetic)
     frame = load_cnmc(cnmc).frame
-    cache = build_cache(frame, size=cache_size, cache_dir=root / "cache", progress=False)
+    cache = build_cache(frame, size=cache_size, folder=root / "cache", progress=False)
     train = frame[frame["fold"].str.startswith("fold_")]
     test = frame[frame["fold"] == "prelim"]
     assert set(train["subject"]).isdisjoint(test["subject"])
-    return {"root": root, "cnmc": cnmc, "frame": frame, "cache": cache,
-            "train": CellDataset(cache, train), "test": CellDataset(cache, test)}
+    return {
+        "root": root,
+        "cnmc": cnmc,
+        "frame": frame,
+        "cache": cache,
+        "train": CellDataset(cache, train),
+        "test": CellDataset(cache, test),
+    }
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,12 @@ TOC_PAGES = ["book/intro", "book/data", "book/cite", "book/references"] + [
 @pytest.fixture(scope="module")
 def built_book():
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    result = subprocess.run([str(jupyter_book), "build", str(ROOT), "-W", "-n", "--keep-going"],
-                            capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [str(jupyter_book), "build", str(ROOT), "-W", "-n", "--keep-going"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, f"jupyter-book failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     assert "warning" not in result.stderr.lower(), result.stderr[-4000:]
     return HTML
@@ -61,8 +65,15 @@ def browser():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
         )
         yield browser
         browser.close()

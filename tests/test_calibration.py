@@ -1,22 +1,21 @@
-"""Tests for allkit.calibration: thresholds with known answers, calibrators on deliberately miscalibrated
+"""Tests for allkit.study.calibration: thresholds with known answers, calibrators on deliberately miscalibrated
 probabilities, the report, scale_pos_weight, and the comparison reliability plot."""
-
-from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from allkit.calibration import (
+from allkit.errors import DataError, ModelError
+from allkit.study.calibration import (
     ProbabilityCalibrator,
     calibration_report,
     choose_threshold,
+    expected_calibration_error,
+    reliability_curve,
     scale_pos_weight,
 )
-from allkit.errors import DataError, ModelError
-from allkit.metrics import expected_calibration_error
-from allkit.plots import plot_reliability_comparison
+from allkit.study.plots import plot_reliability_comparison
 
 
 def cells(hem, all_):
@@ -103,9 +102,9 @@ def test_threshold_accepts_predict_proba_arrays():
     [
         ([1, 1, 1], [0.2, 0.6, 0.9], {}, "only ALL cells"),
         ([0, 0], [0.2, 0.6], {}, "only HEM cells"),
-        ([0, 1, 1], [0.2, 1.3, 0.9], {}, "outside \\[0, 1\\]"),
-        ([0, 1, 1], [0.2, 0.9], {}, "y_true has 3 entries but p_all has 2"),
-        ([0, 1, 2], [0.2, 0.6, 0.9], {}, "label\\(s\\) \\[2\\]"),
+        ([0, 1, 1], [0.2, 1.3, 0.9], {}, "probabilities of ALL in \\[0, 1\\]"),
+        ([0, 1, 1], [0.2, 0.9], {}, "different lengths \\[2, 3\\]"),
+        ([0, 1, 2], [0.2, 0.6, 0.9], {}, "y_true holds \\[2\\]; expected 0 \\(HEM\\) or 1 \\(ALL\\)"),
         ([0, 1], [0.2, 0.6], {"criterion": "f1"}, "criterion='f1'"),
     ],
 )
@@ -179,9 +178,9 @@ def test_calibrator_errors():
         ProbabilityCalibrator("beta").fit([0.2, 0.8], [0, 1])
     with pytest.raises(DataError, match="y_val holds only HEM cells"):
         ProbabilityCalibrator().fit([0.2, 0.8], [0, 0])
-    with pytest.raises(DataError, match="p_val has values outside"):
+    with pytest.raises(DataError, match="probabilities of ALL in \\[0, 1\\]"):
         ProbabilityCalibrator().fit([-0.2, 0.8], [0, 1])
-    with pytest.raises(DataError, match="p_val has shape \\(2, 3\\)"):
+    with pytest.raises(DataError, match="has shape \\(2, 3\\)"):
         ProbabilityCalibrator().fit(np.full((2, 3), 0.3), [0, 1])
     with pytest.raises(ModelError, match="not fitted"):
         ProbabilityCalibrator("isotonic").transform([0.5])
@@ -202,7 +201,7 @@ def test_calibration_report_matches_the_definitions():
 
 
 def test_calibration_report_rejects_misaligned_probabilities():
-    with pytest.raises(DataError, match="y_true has 3 entries but p_after has 2"):
+    with pytest.raises(DataError, match="different lengths \\[2, 3\\]"):
         calibration_report([0, 1, 1], [0.2, 0.7, 0.9], [0.2, 0.7])
 
 
@@ -245,3 +244,27 @@ def test_platt_is_the_unpenalised_maximum_likelihood_fit():
     residual = y - after
     assert abs(residual.sum()) < 1e-3
     assert abs((residual * np.log(p / (1 - p))).sum()) < 1e-3
+
+
+# ------------------------------------------------------------------------------------------ ECE (moved from metrics)
+def test_ece_calibrated_vs_overconfident():
+    rng = np.random.default_rng(0)
+    prob = rng.random(20000)
+    y = (rng.random(20000) < prob).astype(int)  # P(ALL | prob) = prob: calibrated
+    calibrated = expected_calibration_error(y, prob)
+    overconfident = expected_calibration_error(y, np.where(prob > 0.5, 0.99, 0.01))
+    assert calibrated < 0.02
+    assert overconfident > 0.2
+
+
+def test_ece_hand_case_and_reliability_curve():
+    # two bins used: [0.0,0.1) holds 0.05 x2 (labels 0,1) and [0.9,1.0] holds 0.95 x2 (labels 1,1)
+    y = [0, 1, 1, 1]
+    p = [0.05, 0.05, 0.95, 0.95]
+    curve = reliability_curve(y, p, n_bins=10)
+    assert curve["count"].tolist() == [2, 2]
+    np.testing.assert_allclose(curve["mean_predicted"], [0.05, 0.95])
+    np.testing.assert_allclose(curve["fraction_positive"], [0.5, 1.0])
+    assert expected_calibration_error(y, p) == pytest.approx(0.5 * 0.45 + 0.5 * 0.05)
+    with pytest.raises(DataError, match="n_bins=0"):
+        expected_calibration_error(y, p, n_bins=0)

@@ -1,7 +1,6 @@
-"""Controlled experiments (allkit.experiments), test-time views (allkit.tta), recipes, the authors'-code
-measurements (allkit.pitfalls) and the recipe study, on the synthetic stand-in with a tiny profile."""
-
-from __future__ import annotations
+"""Controlled experiments (allkit.study.experiments), test-time views (allkit.study.views), recipes, the
+authors'-code measurements (allkit.study.pitfalls) and the recipe study, on the synthetic stand-in with a
+tiny profile."""
 
 import json
 import shutil
@@ -12,26 +11,45 @@ import pytest
 import torch
 from torch import nn
 
-from allkit import pitfalls, recipe_study
-from allkit.errors import AllkitError
-from allkit.experiments import Variant, format_rows, run_variant, score_row
-from allkit.hybrid import cnn_predict_proba
-from allkit.profiles import Profile
-from allkit.recipes import RECIPES, get_recipe
-from allkit.tta import DIHEDRAL_VIEWS, DihedralView, RandomViews, extract, softmax
+from allkit.errors import AllkitError, ConfigError, DataError
+from allkit.hybrid import HybridClassifier
+from allkit.inference import predict, predict_proba
+from allkit.models import PooledFeatures
+from allkit.study import experiments, pitfalls, recipe_study
+from allkit.study.calibration import choose_threshold
+from allkit.study.experiments import Variant, format_rows, run_variant, score_row
+from allkit.study.plots import plot_gradcam_comparison
+from allkit.study.profiles import Profile
+from allkit.study.recipes import RECIPES, Recipe, get_recipe
+from allkit.study.views import RandomViews, features_and_logits
 
-PROFILE = Profile(name="unit", split="subject", backbone="efficientnet_lite0", weights="offline",
-                  fallback_backbone=None, image_size=64, epochs=1, xgb_estimators=8, n_boot=30, n_gradcam=1)
+PROFILE = Profile(
+    name="unit",
+    split="subject",
+    backbone="efficientnet_lite0",
+    weights="offline",
+    fallback_backbone=None,
+    image_size=64,
+    epochs=1,
+    xgb_estimators=8,
+    n_boot=30,
+    n_gradcam=1,
+)
 
 
 @pytest.fixture(scope="module")
 def runs(synthetic_root, tmp_path_factory):
     folder = tmp_path_factory.mktemp("experiments")
-    variants = {"paper": Variant("paper"), "improved": Variant("improved", recipe="improved"),
-                "head": Variant("authors-head", head="imagenet"), "raw": Variant("no-normalization", normalize=False),
-                "image": Variant("image-split", split="image")}
-    return {key: run_variant(v, PROFILE, synthetic_root, runs_dir=folder, progress=False)
-            for key, v in variants.items()}, folder
+    variants = {
+        "paper": Variant("paper"),
+        "improved": Variant("improved", recipe="improved"),
+        "head": Variant("authors-head", head="imagenet"),
+        "raw": Variant("no-normalization", normalize=False),
+        "image": Variant("image-split", split="image"),
+    }
+    return {
+        key: run_variant(v, PROFILE, synthetic_root, runs_dir=folder, progress=False) for key, v in variants.items()
+    }, folder
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -49,12 +67,10 @@ def test_variant_writes_model_meta_and_outputs(runs):
 
 
 def test_finished_variant_is_loaded_not_retrained(runs, synthetic_root, monkeypatch):
-    import allkit.pipeline
-
     def refuse(*args, **kwargs):
         raise AssertionError("a finished experiment was fine-tuned again")
 
-    monkeypatch.setattr(allkit.pipeline, "finetune_with", refuse)
+    monkeypatch.setattr(experiments, "finetune", refuse)
     again = run_variant(Variant("paper"), PROFILE, synthetic_root, runs_dir=runs[1], progress=False)
     assert again.dir == runs[0]["paper"].dir
     np.testing.assert_array_equal(again.cnn_proba("test"), runs[0]["paper"].cnn_proba("test"))
@@ -64,7 +80,7 @@ def test_damaged_meta_is_named_not_retrained_over(runs, synthetic_root, tmp_path
     paper = runs[0]["paper"]
     copy = Path(shutil.copytree(paper.dir, tmp_path / paper.dir.relative_to(runs[1])))
     (copy / "meta.json").write_text("{")
-    with pytest.raises(AllkitError, match=r"meta\.json is not valid JSON.*delete"):
+    with pytest.raises(AllkitError, match=r"meta\.json is not readable JSON.*delete"):
         run_variant(Variant("paper"), PROFILE, synthetic_root, runs_dir=tmp_path, progress=False)
     assert (copy / "cnn.pt").is_file()
 
@@ -75,11 +91,19 @@ def test_a_changed_choice_is_a_new_experiment(runs):
 
 
 def test_cnn_proba_matches_the_pipeline_path(runs):
-    run = runs[0]["paper"]
-    run._ensure_loaded()
-    expected = cnn_predict_proba(run.model, run.prepared.datasets["test"], normalize=run.prepared.normalize,
-                                 device="cpu")
+    run = runs[0]["paper"].ensure_loaded()
+    expected = predict_proba(run.model, run.prepared.datasets["test"], normalize=run.prepared.normalize, device="cpu")
     np.testing.assert_allclose(run.cnn_proba("test"), expected, atol=1e-5)
+
+
+def test_features_and_logits_are_the_core_features_and_the_model_output(runs):
+    run = runs[0]["paper"].ensure_loaded()
+    dataset, kw = run.prepared.datasets["test"], {"normalize": run.prepared.normalize, "device": "cpu"}
+    both = run.outputs("test")
+    np.testing.assert_allclose(both[:, :-2], predict(PooledFeatures(run.model, run.backbone), dataset, **kw), atol=1e-5)
+    np.testing.assert_allclose(both[:, -2:], predict(run.model, dataset, **kw), atol=1e-5)
+    np.testing.assert_array_equal(run.features("test"), both[:, :-2])
+    np.testing.assert_array_equal(run.logits("test"), both[:, -2:])
 
 
 def test_hybrid_proba_is_a_probability_and_xgb_params_matter(runs):
@@ -95,7 +119,8 @@ def test_kept_imagenet_head_gives_1000_logits(runs):
     head = runs[0]["head"]
     assert head.outputs("test").shape[1] == 1280 + 1000
     assert head.hybrid("logits").n_features_in_ == 1000
-    assert 0.0 <= pitfalls.outside_binary(head) <= 1.0
+    outside = pitfalls.outside_binary(head)
+    assert outside == pytest.approx(np.mean(head.logits("test").argmax(axis=1) >= 2)) and 0.0 <= outside <= 1.0
 
 
 def test_image_split_is_leaky_with_the_subject_split_sizes(runs):
@@ -112,17 +137,19 @@ def test_no_normalization_variant_trains_on_raw_pixels(runs):
 
 
 def test_bad_variants_are_refused():
-    with pytest.raises(AllkitError, match="split"):
+    with pytest.raises(ConfigError, match="split"):
         Variant("x", split="patient")
-    with pytest.raises(AllkitError, match="head"):
+    with pytest.raises(ConfigError, match="head"):
         Variant("x", head="big")
-    with pytest.raises(AllkitError, match="recipe"):
+    with pytest.raises(ConfigError, match="recipe"):
         Variant("x", recipe="magic")
 
 
-def test_unknown_view_is_refused(runs):
-    with pytest.raises(AllkitError, match="view"):
+def test_unknown_view_and_kind_are_refused(runs):
+    with pytest.raises(ConfigError, match="view"):
         runs[0]["paper"].outputs("test", "d4-9")
+    with pytest.raises(ConfigError, match="kind"):
+        runs[0]["paper"].cnn_proba("test", "d4")
 
 
 def test_score_row_and_format(runs):
@@ -149,40 +176,27 @@ class PointwisePool(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
-def test_dihedral_view_is_the_flip_then_rotation_of_the_input():
-    x = torch.rand(2, 3, 8, 8)
-    identity = nn.Identity()
-    for turns, flip in DIHEDRAL_VIEWS:
-        expected = torch.rot90(x.flip(-1) if flip else x, turns, dims=(-2, -1))
-        torch.testing.assert_close(DihedralView(identity, turns, flip)(x), expected)
-    views = {tuple(DihedralView(identity, t, f)(x).flatten().tolist()) for t, f in DIHEDRAL_VIEWS}
-    assert len(views) == 8
-
-
-def test_tta_of_an_invariant_model_equals_one_view():
-    x = torch.rand(3, 3, 16, 16)
-    model = PointwisePool().eval()
-    with torch.no_grad():
-        plain = torch.softmax(model(x), 1)
-        averaged = torch.stack([torch.softmax(DihedralView(model, t, f)(x), 1) for t, f in DIHEDRAL_VIEWS]).mean(0)
-    torch.testing.assert_close(averaged, plain, atol=1e-6, rtol=1e-5)
+def test_tta_of_an_invariant_model_equals_one_view(runs):
+    dataset = runs[0]["paper"].ensure_loaded().prepared.datasets["test"]
+    model = PointwisePool()
+    plain = predict_proba(model, dataset, device="cpu")
+    np.testing.assert_allclose(predict_proba(model, dataset, tta=True, device="cpu"), plain, atol=1e-6)
+    assert not np.allclose(plain, plain[::-1])  # the cells differ, so the equality above is not trivial
 
 
 def test_tta_is_the_mean_of_the_eight_views(runs):
-    run = runs[0]["improved"]
-    run._ensure_loaded()
+    run = runs[0]["improved"].ensure_loaded()
     dataset = run.prepared.datasets["test"]
     kw = {"normalize": run.prepared.normalize, "device": "cpu"}
-    views = [extract(run.model, run.backbone, dataset, view=v, **kw)[:, -2:] for v in range(len(DIHEDRAL_VIEWS))]
-    averaged = np.mean([softmax(logits) for logits in views], axis=0)
+    views = [features_and_logits(run.model, run.backbone, dataset, view=v, **kw)[:, -2:] for v in range(8)]
+    averaged = np.mean([torch.softmax(torch.from_numpy(logits).double(), 1).numpy() for logits in views], axis=0)
     np.testing.assert_allclose(run.cnn_proba("test", "tta"), averaged, atol=1e-5)
-    np.testing.assert_allclose(cnn_predict_proba(run.model, dataset, tta=True, **kw), averaged, atol=1e-5)
+    np.testing.assert_allclose(predict_proba(run.model, dataset, tta=True, **kw), averaged, atol=1e-5)
     assert not np.allclose(averaged, run.cnn_proba("test"), atol=1e-6)
 
 
 def test_random_views_are_seeded(runs):
-    run = runs[0]["paper"]
-    run._ensure_loaded()
+    run = runs[0]["paper"].ensure_loaded()
     dataset = run.prepared.datasets["test"]
     index = np.arange(len(dataset))
     a = RandomViews(dataset, seed=1).__getitems__(index)[0]
@@ -191,15 +205,14 @@ def test_random_views_are_seeded(runs):
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.equal(a, dataset.__getitems__(index)[0])
     kw = {"normalize": run.prepared.normalize, "device": "cpu"}
-    assert not np.allclose(extract(run.model, run.backbone, dataset, random_seed=1, **kw),
-                           extract(run.model, run.backbone, dataset, **kw))
+    random = features_and_logits(run.model, run.backbone, dataset, random_seed=run.seed, **kw)
+    assert not np.allclose(random, features_and_logits(run.model, run.backbone, dataset, **kw))
+    np.testing.assert_allclose(run.outputs("test", "random"), random, atol=1e-5)
+    assert (run.dir / "outputs" / "test.random.npy").is_file()
 
 
 def test_hybrid_tta_predicts_the_mean_over_views_and_is_saved(runs, tmp_path):
-    from allkit.hybrid import HybridClassifier
-
-    run = runs[0]["improved"]
-    run._ensure_loaded()
+    run = runs[0]["improved"].ensure_loaded()
     hybrid = run.hybrid("features")
     dataset = run.prepared.datasets["test"]
     hybrid.set_params(tta=True)
@@ -241,14 +254,18 @@ def test_authors_code_rows_and_spread(runs):
     row = pitfalls.spread_row(spread, "c")
     assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
     assert len(pitfalls.cnn_rows(r["paper"], r["head"], r["raw"], n_boot=20)) == 4
-    with pytest.raises(ValueError, match="model='svm'"):
+    with pytest.raises(ConfigError, match="model='svm'"):
         pitfalls.authors_code_rows(r["paper"], r["head"], r["raw"], model="svm")
 
 
 def test_leakage_rows_and_overlap(runs):
     rows = pitfalls.leakage_rows(runs[0]["paper"], runs[0]["image"], n_boot=20)
     assert [(row["model"], row["split"]) for row in rows] == [
-        ("CNN", "by subject"), ("hybrid", "by subject"), ("CNN", "by image (leaky)"), ("hybrid", "by image (leaky)")]
+        ("CNN", "by subject"),
+        ("hybrid", "by subject"),
+        ("CNN", "by image (leaky)"),
+        ("hybrid", "by image (leaky)"),
+    ]
     overlap = pitfalls.split_overlap(runs[0]["image"])
     assert overlap.loc["test", "subjects also in train"] > 0
     assert pitfalls.split_overlap(runs[0]["paper"]).loc["test", "subjects also in train"] == 0
@@ -259,11 +276,8 @@ def test_class_181_gradcam(runs):
     assert authors.targets == [181, 181] and sorted(true.targets) == [0, 1]
     assert authors.heatmaps.shape == true.heatmaps.shape
     assert pitfalls.imagenet_class_name(181) == "Bedlington terrier"
-    from allkit.errors import DataError
-    from allkit.plots import plot_gradcam_comparison
-
     fig = plot_gradcam_comparison(authors, true, titles=("class 181", "true class"))
-    assert len(fig.axes) == 3 * len(authors)
+    assert len(fig.axes) == 3 * len(authors.heatmaps)
     assert fig.axes[1].get_title() == "class 181" and fig.axes[1].get_xlabel() == "explains class 181"
     with pytest.raises(DataError, match="same"):
         plot_gradcam_comparison(authors, pitfalls.class_181_gradcam(runs[0]["head"], n_per_class=2)[1])
@@ -274,8 +288,9 @@ def test_recipe_study(runs):
     rows = recipe_study.selection_rows(r["paper"], r["improved"], n_boot=20)
     assert len(rows) == 8 and {row["fine_tune"] for row in rows} == {"paper", "improved"}
     best = recipe_study.best_on_validation(rows)
-    assert best["accuracy"] == max(row["accuracy"] for row in rows
-                                   if row["fine_tune"] == "improved" and row["model"] == "hybrid")
+    assert best["accuracy"] == max(
+        row["accuracy"] for row in rows if row["fine_tune"] == "improved" and row["model"] == "hybrid"
+    )
     comparison = recipe_study.comparison_rows([r["paper"]], [r["improved"]], n_boot=20)
     gain = recipe_study.gain_points(comparison)
     assert gain == pytest.approx(100 * (comparison[1]["accuracy"] - comparison[0]["accuracy"]))
@@ -285,8 +300,6 @@ def test_recipe_study(runs):
 
 
 def test_validation_threshold_and_ablation(runs):
-    from allkit.calibration import choose_threshold
-
     r = runs[0]
     improved = r["improved"]
     assert improved.recipe.threshold == "validation" and r["paper"].recipe.threshold == "argmax"
@@ -317,7 +330,5 @@ def test_hybrid_threshold_decides_predict(runs):
 
 
 def test_recipe_threshold_is_checked():
-    from allkit.recipes import Recipe
-
     with pytest.raises(AllkitError, match="threshold"):
         Recipe(name="x", threshold="youden")

@@ -1,4 +1,4 @@
-"""Tests of allkit.hybrid: CNN features + XGBoost as a scikit-learn estimator, save/load, feature caching.
+"""allkit.hybrid: CNN features + XGBoost as a scikit-learn estimator, test-time views, save/load.
 
 Data: one synthetic C-NMC tree per module (3 folds x (2 ALL + 1 HEM) subjects x 10 cells for training,
 3 ALL + 3 HEM held-out preliminary-test subjects x 10 cells for testing), cached at 96 px.
@@ -8,10 +8,10 @@ the feature extractor (no fine-tuning on CPU in a unit test); the mechanics test
 initialised EfficientNet-B0 (the paper's backbone), which extracts quickly at 96 px.
 """
 
-from __future__ import annotations
-
 import copy
+import hashlib
 import json
+import math
 import os
 import pickle
 import shutil
@@ -24,11 +24,12 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from allkit.constants import SEED, XGB_ETA
+from allkit.constants import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, SEED, XGB_ETA
 from allkit.data import CellDataset, build_cache
-from allkit.errors import ModelError
-from allkit.hybrid import HybridClassifier, cnn_predict_proba
-from allkit.models import build_model, feature_extractor
+from allkit.errors import ConfigError, ModelError
+from allkit.hybrid import HybridClassifier, extract_features
+from allkit.inference import predict_proba
+from allkit.models import PooledFeatures, build_model, get_backbone
 from allkit.transforms import to_model_input
 
 SIZE = 96
@@ -43,51 +44,34 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, train_test_factory):
-    data = train_test_factory(tmp_path_factory.mktemp("hybrid-data"), cache_size=SIZE, seed=0, cells_per_subject=10,
-                              prelim_subjects=(3, 3), final_cells=0, size=160)
+    data = train_test_factory(
+        tmp_path_factory.mktemp("hybrid-data"),
+        cache_size=SIZE,
+        seed=0,
+        cells_per_subject=10,
+        prelim_subjects=(3, 3),
+        final_cells=0,
+        size=160,
+    )
     small = data["train"].frame.groupby("label").head(6)  # 12 cells of both classes, for quick mechanics tests
     return {**data, "small": CellDataset(data["cache"], small)}
 
 
 @pytest.fixture(scope="module")
 def lite_hybrid(data):
-    model = HybridClassifier(
-        backbone="efficientnet_lite0", weights="offline", n_estimators=50, progress=False, xgb_params=XGB
-    )
-    return model.fit(data["train"], eval_sets=[("train", data["train"]), ("validation", data["test"])])
+    cnn = build_model("efficientnet_lite0", weights="offline")
+    model = HybridClassifier(cnn=cnn, backbone="efficientnet_lite0", n_estimators=50, xgb_params=XGB)
+    return model.fit(data["train"], eval_set=[("train", data["train"]), ("validation", data["test"])])
 
 
 @pytest.fixture(scope="module")
 def b0():
     torch.manual_seed(0)
-    return build_model("efficientnet_b0", weights=None, num_classes=2)
+    return build_model("efficientnet_b0", weights=None, num_classes=2).eval()
 
 
-class _CountForwards:
-    """Counts CNN forward passes (one per batch) run for feature extraction.
-
-    The extraction may run a batch-norm-fused copy of the CNN, so hooks on ``model`` would miss them:
-    count the batches that :func:`allkit.train.batched_inference` yields instead.
-    """
-
-    def __init__(self, model=None):
-        import allkit.train
-
-        self.calls = 0
-        self._module = allkit.train
-        self._original = allkit.train.batched_inference
-
-    def _counting(self, *args, **kwargs):
-        for out in self._original(*args, **kwargs):
-            self.calls += 1
-            yield out
-
-    def __enter__(self):
-        self._module.batched_inference = self._counting
-        return self
-
-    def __exit__(self, *exc):
-        self._module.batched_inference = self._original
+def _pixels(dataset: CellDataset) -> torch.Tensor:
+    return dataset.__getitems__(list(range(len(dataset))))[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,16 +84,47 @@ def test_init_does_no_work_and_params_round_trip():
     params = model.get_params()
     assert params["backbone"] == "no_such_net" and params["eta"] == XGB_ETA and params["seed"] == SEED
     assert set(params) == {
-        "backbone", "cnn", "weights", "feature_source", "normalize", "eta", "n_estimators", "max_depth",
-        "xgb_params", "batch_size", "device", "seed", "feature_cache_dir", "progress", "tta", "threshold",
-    }  # fmt: skip
-    assert params["tta"] is False and params["threshold"] == 0.5
+        "backbone",
+        "cnn",
+        "feature_source",
+        "normalize",
+        "eta",
+        "n_estimators",
+        "max_depth",
+        "xgb_params",
+        "batch_size",
+        "device",
+        "seed",
+        "progress",
+        "tta",
+        "threshold",
+    }
+    assert params["tta"] is False and params["threshold"] == 0.5 and params["cnn"] is None
     assert model.set_params(backbone="efficientnet_b0", eta=0.1) is model
     assert model.backbone == "efficientnet_b0" and model.eta == 0.1
     with pytest.raises(ModelError, match="no_such_net"):
-        HybridClassifier(backbone="no_such_net", progress=False).fit(np.zeros((4, 1280)), [0, 1, 0, 1])
-    with pytest.raises(ValueError, match="feature_source"):
-        HybridClassifier(feature_source="nonsense", progress=False).fit(np.zeros((4, 1280)), [0, 1, 0, 1])
+        HybridClassifier(backbone="no_such_net").fit(np.zeros((4, 1280)), [0, 1, 0, 1])
+    with pytest.raises(ConfigError, match="feature_source"):
+        HybridClassifier(feature_source="nonsense").fit(np.zeros((4, 1280)), [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize(
+    "param, value",
+    [
+        ("n_estimators", 0),
+        ("max_depth", 2.5),
+        ("batch_size", True),
+        ("eta", 0),
+        ("eta", 1.5),
+        ("threshold", -0.1),
+        ("threshold", float("nan")),
+        ("tta", "yes"),
+        ("normalize", (1, 2)),
+    ],
+)
+def test_bad_params_are_named_at_fit(param, value):
+    with pytest.raises(ConfigError, match=f"{param}="):
+        HybridClassifier(**{param: value}).fit(np.zeros((4, 8)), [0, 1, 0, 1])
 
 
 def test_clone_copies_the_cnn_and_keeps_params(b0):
@@ -121,7 +136,7 @@ def test_clone_copies_the_cnn_and_keeps_params(b0):
 
 
 def test_not_fitted_errors(data):
-    model = HybridClassifier(progress=False)
+    model = HybridClassifier()
     for call in (model.predict, model.predict_proba, model.score):
         with pytest.raises(NotFittedError):
             call(np.zeros((2, 1280)))
@@ -129,6 +144,10 @@ def test_not_fitted_errors(data):
         check_is_fitted(model)
     with pytest.raises(NotFittedError):
         model.save(data["root"] / "never")
+    # fitted on feature arrays without a CNN: it cannot be saved as a whole model
+    on_arrays = HybridClassifier(n_estimators=2, xgb_params=XGB).fit(np.eye(4, 8), [0, 1, 0, 1])
+    with pytest.raises(NotFittedError, match="cnn"):
+        on_arrays.save(data["root"] / "never")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,11 +162,10 @@ def test_hybrid_beats_chance_on_held_out_subjects(data, lite_hybrid):
     assert lite_hybrid.n_features_in_ == 1280
     check_is_fitted(lite_hybrid)
     assert lite_hybrid.classes_.tolist() == [0, 1]
-    assert lite_hybrid.booster_ is lite_hybrid.xgb_.get_booster()
     params = lite_hybrid.xgb_.get_params()
-    assert params["learning_rate"] == XGB_ETA and params["tree_method"] == "hist"
+    assert params["learning_rate"] == XGB_ETA and params["tree_method"] == "hist" and params["n_estimators"] == 50
     assert params["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert lite_hybrid.preprocessing_["size"] == SIZE
+    assert lite_hybrid.preprocessing_ == {"size": SIZE, "crop_ratio": round(CROP_RATIO, 6)}
 
 
 def test_evals_result_has_error_and_auc_per_round(lite_hybrid):
@@ -187,36 +205,57 @@ def test_threshold_moves_the_decision_survives_save_and_is_checked(data, lite_hy
     loaded = HybridClassifier.load(shifted.save(tmp_path / "shifted"))
     assert loaded.threshold == cut
     np.testing.assert_array_equal(loaded.predict(data["test"]), expected)
-    with pytest.raises(ValueError, match="threshold=1.5"):
+    with pytest.raises(ConfigError, match="threshold=1.5"):
         shifted.set_params(threshold=1.5).predict(data["test"])
 
 
+def test_tta_averages_the_8_dihedral_views(data, lite_hybrid, tmp_path):
+    tta = copy.deepcopy(lite_hybrid).set_params(tta=True)
+    views = [lite_hybrid.xgb_.predict_proba(lite_hybrid.transform(data["test"], view)) for view in range(8)]
+    expected = np.mean(views, axis=0)
+    np.testing.assert_allclose(tta.predict_proba(data["test"]), expected, rtol=1e-6)
+    assert not np.allclose(expected, views[0])  # the views do change the features
+    np.testing.assert_array_equal(tta.predict(data["test"]), (expected[:, 1] > 0.5).astype(np.int64))
+    assert HybridClassifier.load(tta.save(tmp_path / "tta")).tta is True
+
+
 def test_fit_on_feature_arrays_matches_fit_on_datasets(data, lite_hybrid):
-    X_train = lite_hybrid.extract_features(data["train"])
-    X_test = lite_hybrid.extract_features(data["test"])
+    X_train = lite_hybrid.transform(data["train"])
+    X_test = lite_hybrid.transform(data["test"])
     y_train, y_test = data["train"].labels.numpy(), data["test"].labels.numpy()
     assert X_train.dtype == np.float32 and X_train.shape == (len(data["train"]), 1280)
-    on_arrays = clone(lite_hybrid).fit(X_train, y_train, eval_sets=[("validation", (X_test, y_test))])
+    on_arrays = clone(lite_hybrid).fit(X_train, y_train, eval_set=[("validation", (X_test, y_test))])
     np.testing.assert_array_equal(on_arrays.predict_proba(X_test), lite_hybrid.predict_proba(data["test"]))
     assert on_arrays.score(X_test, y_test) == lite_hybrid.score(data["test"])
     assert list(on_arrays.evals_result_) == ["validation"]
     assert on_arrays.evals_result_["validation"] == lite_hybrid.evals_result_["validation"]
+    assert not hasattr(on_arrays, "preprocessing_")  # features carry no preprocessing
     # a fitted-on-arrays model still classifies datasets (same CNN)
     np.testing.assert_array_equal(on_arrays.predict(data["test"]), lite_hybrid.predict(data["test"]))
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ConfigError, match="labels"):
         clone(lite_hybrid).fit(X_train)
-    with pytest.raises(ValueError, match="1280"):
+    with pytest.raises(ConfigError, match="1280"):
         lite_hybrid.predict(X_test[:, :100])
-    with pytest.raises(ValueError, match="0 \\(HEM\\) or 1 \\(ALL\\)"):
+    with pytest.raises(ConfigError, match="0 \\(HEM\\) or 1 \\(ALL\\)"):
         clone(lite_hybrid).fit(X_train, y_train + 1)
-    with pytest.raises(ValueError, match="both"):
+    with pytest.raises(ConfigError, match="both"):
         clone(lite_hybrid).fit(X_train[y_train == 1], y_train[y_train == 1])
+    with pytest.raises(ConfigError, match="pass y only with a feature array"):
+        clone(lite_hybrid).fit(data["small"], data["small"].labels.numpy())
+    with pytest.raises(ConfigError, match="2-D"):
+        clone(lite_hybrid).fit(X_train[0], y_train[:1])
+
+
+def test_refit_forgets_the_previous_fit(data, lite_hybrid):
+    X_train = lite_hybrid.transform(data["train"])
+    refit = copy.deepcopy(lite_hybrid).fit(X_train, data["train"].labels.numpy())
+    assert not hasattr(refit, "preprocessing_") and list(refit.evals_result_) == ["train"]
 
 
 def test_dataset_cached_at_another_size_is_refused(data, lite_hybrid, tmp_path):
     frame = data["test"].frame.head(4)
-    other = CellDataset(build_cache(frame, size=64, cache_dir=tmp_path, progress=False), frame)
-    with pytest.raises(ModelError, match="size=96"):
+    other = CellDataset(build_cache(frame, size=64, folder=tmp_path, progress=False), frame)
+    with pytest.raises(ModelError, match="'size': 96"):
         lite_hybrid.predict(other)
 
 
@@ -225,102 +264,82 @@ def test_dataset_cached_at_another_size_is_refused(data, lite_hybrid, tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_extraction_is_evaluation_preprocessing_only(data, b0):
-    frame = data["small"].frame
-
-    def random_flip(image):  # an augmentation that must never reach the extracted features
-        return image.flip(-1) if torch.rand(()) < 0.5 else image.flip(-2)
-
-    augmented = CellDataset(data["cache"], frame, transform=random_flip)
-    plain = CellDataset(data["cache"], frame)
-    b0.train()  # fitting/extracting must put it in eval mode (batch norm running statistics)
-    extractor = HybridClassifier(cnn=b0, progress=False, batch_size=5)
-    first = extractor.extract_features(augmented)
-    assert not extractor.cnn_.training  # the frozen CNN stays in eval mode
-    second = HybridClassifier(cnn=b0, progress=False, batch_size=12).extract_features(augmented)
-    np.testing.assert_allclose(first, second, rtol=1e-4, atol=1e-5)  # batch size does not matter
-    pixels = torch.from_numpy(data["cache"].get(frame)).movedim(-1, -3)
+def test_extraction_is_evaluation_preprocessing_only(data, lite_hybrid):
+    small, cnn = data["small"], copy.deepcopy(lite_hybrid.cnn)
+    cnn.train()  # extraction must run in eval mode (batch norm running statistics, no dropout)
+    first = HybridClassifier(cnn=cnn, backbone="efficientnet_lite0", batch_size=5).transform(small)
+    assert cnn.training  # the caller's mode is restored
+    second = HybridClassifier(cnn=cnn, backbone="efficientnet_lite0", batch_size=12).transform(small)
+    np.testing.assert_allclose(first, second, rtol=1e-4, atol=1e-4)  # batch size does not matter
     with torch.inference_mode():
-        expected = feature_extractor(b0, "efficientnet_b0").eval()(to_model_input(pixels)).numpy()
-    np.testing.assert_allclose(first, expected, rtol=1e-4, atol=1e-5)
-    third = HybridClassifier(cnn=b0, progress=False).extract_features(plain)
-    np.testing.assert_array_equal(third, HybridClassifier(cnn=b0, progress=False).extract_features(plain))
+        expected = PooledFeatures(cnn, "efficientnet_lite0").eval()(to_model_input(_pixels(small))).numpy()
+    assert np.abs(expected).max() > 0.1  # features of a real size: the comparisons below mean something
+    np.testing.assert_allclose(first, expected, rtol=1e-4, atol=1e-4)
+    assert first.shape == (len(small), 1280) and first.dtype == np.float32
+    raw = HybridClassifier(cnn=cnn, backbone="efficientnet_lite0", normalize=False).transform(small)
+    assert np.abs(raw - first).max() > 0.01 * np.abs(first).max()  # the normalisation reaches the CNN
 
 
-def test_cnn_before_fit_follows_params_and_random_init_is_seeded(data, b0):
+def test_extraction_leaves_an_eval_cnn_in_eval_mode(data, lite_hybrid):
+    cnn = copy.deepcopy(lite_hybrid.cnn).eval()
+    HybridClassifier(cnn=cnn, backbone="efficientnet_lite0").transform(data["small"])
+    assert not cnn.training
+
+
+def test_a_cnn_is_needed_to_see_cells(data, b0):
     small = data["small"]
-    model = HybridClassifier(progress=False)  # cnn=None: a seeded random-init EfficientNet-B0
-    built = model.extract_features(small)
-    np.testing.assert_array_equal(built, HybridClassifier(progress=False).extract_features(small))
+    with pytest.raises(ConfigError, match="cnn=None"):
+        HybridClassifier().transform(small)
+    with pytest.raises(ConfigError, match="torch.nn.Module"):
+        HybridClassifier(cnn="efficientnet_b0").transform(small)
+    with pytest.raises(ConfigError, match="CellDataset"):
+        HybridClassifier(cnn=b0).transform(np.zeros((2, 3, 8, 8)))
+    with pytest.raises(ModelError, match="no Linear head"):
+        HybridClassifier(cnn=b0, backbone="resnet18").transform(small)
+    model = HybridClassifier()
     model.set_params(cnn=b0)
-    given = model.extract_features(small)
-    assert model.cnn_ is b0 and not np.array_equal(given, built)
-    np.testing.assert_array_equal(given, HybridClassifier(cnn=b0, progress=False).extract_features(small))
+    np.testing.assert_array_equal(model.transform(small), HybridClassifier(cnn=b0).transform(small))
 
 
-def test_feature_cache_avoids_re_extraction(data, b0, tmp_path):
-    small = data["small"]
-    model = HybridClassifier(cnn=b0, n_estimators=5, batch_size=6, progress=False, feature_cache_dir=tmp_path,
-                             xgb_params=XGB)
-    with _CountForwards(b0) as count:
-        first = model.extract_features(small)
-        assert count.calls == 2  # 12 cells in batches of 6
-        model.fit(small)
-        model.score(small)
-        model.predict_proba(small)
-        np.testing.assert_array_equal(model.extract_features(small), first)
-        assert count.calls == 2
-        assert len(list(tmp_path.glob("features-*.npy"))) == 1
-        # a new estimator with the same CNN weights reads the disk cache
-        again = HybridClassifier(cnn=b0, batch_size=6, progress=False, feature_cache_dir=tmp_path)
-        np.testing.assert_array_equal(again.extract_features(small), first)
-        assert count.calls == 2
-        # another feature source is another cache entry
-        logits = HybridClassifier(cnn=b0, feature_source="logits", batch_size=6, progress=False,
-                                  feature_cache_dir=tmp_path).extract_features(small)
-        assert logits.shape == (len(small), 2) and count.calls == 4
-    # other weights, other features: the cache is keyed by the weights' hash
-    other = clone(again)
-    with torch.no_grad():
-        other.cnn.features[0][0].weight.mul_(0.5)
-    with _CountForwards(other.cnn) as count_other:
-        assert not np.array_equal(other.extract_features(small), first)
-    assert count_other.calls == 2 and len(list(tmp_path.glob("features-*.npy"))) == 3
+def test_extract_features_sources(data, lite_hybrid):
+    small, cnn = data["small"], lite_hybrid.cnn
+    features = extract_features(cnn, small, "efficientnet_lite0")
+    logits = extract_features(cnn, small, "efficientnet_lite0", source="logits", batch_size=5)
+    assert features.shape == (len(small), 1280) and logits.shape == (len(small), 2)
+    with torch.inference_mode():
+        head = cnn._fc
+        np.testing.assert_allclose(head(torch.from_numpy(features)).numpy(), logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(features, lite_hybrid.transform(small))
+    with pytest.raises(ConfigError, match="feature source 'pixels'"):
+        extract_features(cnn, small, "efficientnet_lite0", source="pixels")
 
 
 def test_logits_source_gives_1000_features_with_an_imagenet_head(data):
     torch.manual_seed(0)
     imagenet_head = build_model("efficientnet_b0", weights=None, num_classes=1000)
-    model = HybridClassifier(cnn=imagenet_head, feature_source="logits", n_estimators=3, progress=False,
-                             xgb_params=XGB)
-    features = model.extract_features(data["small"])
+    model = HybridClassifier(cnn=imagenet_head, feature_source="logits", n_estimators=3, xgb_params=XGB)
+    features = model.transform(data["small"])
     assert features.shape == (len(data["small"]), 1000) and features.dtype == np.float32
     model.fit(data["small"])
     assert model.n_features_in_ == 1000
-    # cnn=None with feature_source="logits" keeps the 1000-class head, as the authors' code did
-    built = HybridClassifier(feature_source="logits", n_estimators=3, progress=False, xgb_params=XGB)
-    built.fit(data["small"])
-    assert built.n_features_in_ == 1000 and built.cnn_.classifier[1].out_features == 1000
-    assert HybridClassifier(n_estimators=3, progress=False, xgb_params=XGB).fit(data["small"]).n_features_in_ == 1280
+    default = HybridClassifier(cnn=imagenet_head, n_estimators=3, xgb_params=XGB).fit(data["small"])
+    assert default.n_features_in_ == 1280
 
 
-def test_cnn_predict_proba(data, b0):
-    b0.train()
-    proba = cnn_predict_proba(b0, data["small"], batch_size=5)
-    assert b0.training  # the caller's mode is restored
+def test_cnn_predict_proba(data, lite_hybrid):
+    cnn = copy.deepcopy(lite_hybrid.cnn)
+    cnn.train()
+    proba = predict_proba(cnn, data["small"], batch_size=5)
+    assert cnn.training  # the caller's mode is restored
+    cnn.eval()
     assert proba.shape == (len(data["small"]), 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
-    pixels = torch.from_numpy(data["cache"].get(data["small"].frame)).movedim(-1, -3)
     with torch.inference_mode():
-        b0.eval()
-        expected = torch.softmax(b0(to_model_input(pixels)), dim=1).numpy()
-        b0.train()
+        expected = torch.softmax(cnn(to_model_input(_pixels(data["small"]))), dim=1).numpy()
+    assert np.ptp(expected[:, 1]) > 0.01  # the probabilities differ between cells: the comparison means something
     np.testing.assert_allclose(proba, expected, rtol=1e-4, atol=1e-5)
-    b0.eval()
-    cnn_predict_proba(b0, data["small"])
-    assert not b0.training
-    with pytest.raises(ModelError, match="1000-output"):
-        cnn_predict_proba(build_model("efficientnet_b0", num_classes=1000), data["small"])
+    predict_proba(cnn, data["small"])
+    assert not cnn.training
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,29 +356,35 @@ def _copy(saved: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(saved, tmp_path / "copy"))
 
 
-def _edit_manifest(folder: Path, **changes) -> None:
+def _edit_manifest(folder: Path, params=None, **changes) -> None:
     path = folder / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest.update(changes)
+    manifest["params"].update(params or {})
     path.write_text(json.dumps(manifest))
 
 
 def test_save_load_round_trip(data, lite_hybrid, saved):
-    assert sorted(p.name for p in saved.iterdir()) == [
-        "cnn.pt", "evals_result.json", "manifest.json", "xgboost.json"
-    ]
+    assert sorted(p.name for p in saved.iterdir()) == ["cnn.pt", "manifest.json", "xgboost.json"]
     manifest = json.loads((saved / "manifest.json").read_text())
-    assert manifest["backbone"] == "efficientnet_lite0" and manifest["class_mapping"] == {"HEM": 0, "ALL": 1}
-    assert manifest["feature_source"] == "features" and manifest["feature_dim"] == 1280
-    assert manifest["preprocessing"]["size"] == SIZE and manifest["preprocessing"]["normalize"] is True
+    assert (manifest["format"], manifest["version"]) == ("allkit.hybrid", 2)
+    assert manifest["backbone"] == "efficientnet_lite0" and manifest["classes"] == {"HEM": 0, "ALL": 1}
+    assert manifest["params"]["feature_source"] == "features" and manifest["feature_dim"] == 1280
+    assert manifest["cnn_outputs"] == 2
+    assert manifest["preprocessing"] == {"size": SIZE, "crop_ratio": round(CROP_RATIO, 6)}
+    assert manifest["params"]["normalize"] == [list(IMAGENET_MEAN), list(IMAGENET_STD)]  # normalize=True, spelt out
     assert {"torch", "xgboost", "sklearn"} <= set(manifest["versions"])
-    assert set(manifest["files"]) == {"cnn.pt", "xgboost.json", "evals_result.json"}
+    assert set(manifest["files"]) == {"cnn.pt", "xgboost.json"}
+    assert manifest["files"]["cnn.pt"] == hashlib.sha256((saved / "cnn.pt").read_bytes()).hexdigest()
     assert manifest["params"]["eta"] == XGB_ETA and manifest["params"]["n_estimators"] == 50
+    assert "cnn" not in manifest["params"] and manifest["evals_result"] == lite_hybrid.evals_result_
 
-    loaded = HybridClassifier.load(saved, expected_backbone="efficientnet_lite0")
+    loaded = HybridClassifier.load(saved)
     np.testing.assert_array_equal(loaded.predict_proba(data["test"]), lite_hybrid.predict_proba(data["test"]))
     assert loaded.evals_result_ == lite_hybrid.evals_result_
     assert loaded.get_params()["n_estimators"] == 50 and loaded.classes_.tolist() == [0, 1]
+    assert loaded.normalize == (IMAGENET_MEAN, IMAGENET_STD) and loaded.preprocessing_ == lite_hybrid.preprocessing_
+    assert isinstance(loaded.cnn, torch.nn.Module) and loaded.cnn is not lite_hybrid.cnn
     assert not any(p.name.startswith(".") for p in saved.parent.iterdir())  # no temp dir left
 
 
@@ -373,7 +398,7 @@ def test_save_replaces_atomically(data, lite_hybrid, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(type(lite_hybrid.xgb_), "save_model", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ModelError, match="disk full.*unchanged"):
         lite_hybrid.save(target)
     monkeypatch.undo()
     assert (target / "manifest.json").read_bytes() == before
@@ -389,7 +414,7 @@ def test_save_replaces_atomically(data, lite_hybrid, tmp_path, monkeypatch):
 
 
 def test_load_refuses_missing_dir_and_files(saved, tmp_path):
-    with pytest.raises(ModelError, match="does not exist"):
+    with pytest.raises(ModelError, match="nowhere does not exist"):
         HybridClassifier.load(tmp_path / "nowhere")
     for name in ("xgboost.json", "cnn.pt", "manifest.json"):
         folder = _copy(saved, tmp_path)
@@ -407,27 +432,38 @@ def test_load_refuses_tampered_files(saved, tmp_path):
             byte = handle.read(1)
             handle.seek(200)
             handle.write(bytes([byte[0] ^ 0x01]))
-        with pytest.raises(ModelError, match="corrupted or was modified"):
+        with pytest.raises(ModelError, match=f"{name}.* damaged or was modified"):
             HybridClassifier.load(folder)
         shutil.rmtree(folder)
 
 
-def test_load_refuses_mismatches(saved, tmp_path):
-    with pytest.raises(ModelError, match="expected backbone 'efficientnet_b0'"):
-        HybridClassifier.load(saved, expected_backbone="efficientnet_b0")
-    cases = [
-        ({"class_mapping": {"HEM": 1, "ALL": 0}}, "class mapping"),
-        ({"manifest_version": 99}, "manifest_version 99"),
-        ({"format": "something-else"}, "not an allkit hybrid manifest"),
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"classes": {"HEM": 1, "ALL": 0}}, "classes"),
+        ({"version": 99}, "not an allkit model of this version"),
+        ({"format": "something-else"}, "not an allkit model of this version"),
         ({"backbone": "efficientnet_b0"}, "efficientnet_b0"),  # the state_dict is a Lite0's
-        ({"backbone": "not_a_net"}, "unknown backbone"),
-    ]
-    for change, message in cases:
-        folder = _copy(saved, tmp_path)
-        _edit_manifest(folder, **change)
-        with pytest.raises(ModelError, match=message):
-            HybridClassifier.load(folder)
-        shutil.rmtree(folder)
+        ({"backbone": "not_a_net"}, "not_a_net"),
+        ({"files": {"cnn.pt": "0" * 64}}, "sha256"),
+        ({"files": {"../cnn.pt": "0" * 64, "xgboost.json": "0" * 64}}, "damaged or was modified"),
+        ({"feature_dim": 7}, "the manifest says 7"),
+        ({"params": {"threshold": 2.0}}, "threshold"),
+        ({"params": {"threshold": math.nan}}, "threshold"),
+        ({"params": {"n_estimators": -3}}, "n_estimators"),
+        ({"params": {"eta": "fast"}}, "eta"),
+        ({"params": {"normalize": [[0.5], [1]]}}, "normalize"),
+        ({"params": {"unknown_param": 1}}, "unknown_param"),
+        ({"preprocessing": {"size": -1, "crop_ratio": 0.995556}}, "preprocessing"),
+        ({"preprocessing": {"size": 96, "crop_ratio": 2.0}}, "preprocessing"),
+    ],
+)
+def test_load_refuses_edited_manifests(saved, tmp_path, change, message):
+    folder = _copy(saved, tmp_path)
+    params = change.pop("params", None)
+    _edit_manifest(folder, params, **change)
+    with pytest.raises(ModelError, match=message):
+        HybridClassifier.load(folder)
 
 
 class _Marker:
@@ -445,9 +481,7 @@ def test_load_never_unpickles(saved, tmp_path, monkeypatch):
     marker = tmp_path / "unpickled"
     torch.save({"features.0.weight": _Marker(marker)}, folder / "cnn.pt")
     manifest = json.loads((folder / "manifest.json").read_text())
-    import hashlib
-
-    manifest["files"]["cnn.pt"]["sha256"] = hashlib.sha256((folder / "cnn.pt").read_bytes()).hexdigest()
+    manifest["files"]["cnn.pt"] = hashlib.sha256((folder / "cnn.pt").read_bytes()).hexdigest()
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError):
         HybridClassifier.load(folder)
@@ -463,19 +497,17 @@ def test_load_never_unpickles(saved, tmp_path, monkeypatch):
 
 
 def test_backbone_own_normalisation_round_trips(data, lite_hybrid, tmp_path):
-    from allkit.models import get_spec
-
-    spec = get_spec("efficientnet_lite0")
-    own = HybridClassifier(**{**lite_hybrid.get_params(), "normalize": (spec.mean, spec.std)})
+    stats = get_backbone("efficientnet_lite0").mean_std
+    own = HybridClassifier(**{**lite_hybrid.get_params(), "normalize": stats})
     own.fit(data["train"])
-    features_imagenet = lite_hybrid.extract_features(data["test"])
-    features_own = own.extract_features(data["test"])
+    features_imagenet = lite_hybrid.transform(data["test"])
+    features_own = own.transform(data["test"])
     assert not np.allclose(features_imagenet, features_own)  # the statistics really reach the CNN
     folder = own.save(tmp_path / "own")
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["preprocessing"]["mean"] == pytest.approx(list(spec.mean))
+    assert manifest["params"]["normalize"][0] == pytest.approx(list(stats[0]))
     loaded = HybridClassifier.load(folder)
-    assert loaded.normalize == (tuple(spec.mean), tuple(spec.std))
+    assert loaded.normalize == (tuple(stats[0]), tuple(stats[1]))
     np.testing.assert_array_equal(loaded.predict_proba(data["test"]), own.predict_proba(data["test"]))
-    with pytest.raises(ValueError, match="normalize="):
-        HybridClassifier(backbone="efficientnet_lite0", normalize=(1, 2), progress=False).extract_features(data["small"])
+    with pytest.raises(ConfigError, match="normalize="):
+        HybridClassifier(cnn=lite_hybrid.cnn, backbone="efficientnet_lite0", normalize=(1, 2)).transform(data["small"])

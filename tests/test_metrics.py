@@ -1,13 +1,11 @@
-"""Tests for allkit.metrics: hand-checked values, agreement with scikit-learn, subject bootstrap."""
-
-from __future__ import annotations
+"""allkit.metrics: hand-checked values, agreement with scikit-learn, the input checks, subject bootstrap."""
 
 import json
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
+import torch
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -16,18 +14,17 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from allkit.cli.model_cmd import format_table2
 from allkit.errors import DataError
 from allkit.metrics import (
     BOOTSTRAP_METRICS,
     bootstrap_ci,
+    check_inputs,
     classification_table,
     evaluate,
     evaluate_with_ci,
-    expected_calibration_error,
-    format_table2,
     patient_level,
     patient_level_metrics,
-    reliability_curve,
 )
 
 # 10 cells: 4 HEM (0) then 6 ALL (1).
@@ -114,28 +111,30 @@ def test_classification_table_keeps_absent_class_row():
 
 
 def test_format_table2_rounds_like_paper():
+    """Table 2 as the CLI prints it (allkit.cli.model_cmd.format_table2, moved there from allkit.metrics)."""
     text = format_table2(classification_table(Y_TRUE, Y_PRED))
     lines = text.splitlines()
     assert lines[0] == "| | precision | recall | f1-score | support |"
     assert lines[2] == "| HEM | 0.60 | 0.75 | 0.67 | 4 |"
     assert lines[3] == "| ALL | 0.80 | 0.67 | 0.73 | 6 |"
     assert lines[4] == "| accuracy |  |  | 0.70 | 10 |"
-    with pytest.raises(DataError, match="support"):
-        format_table2(pd.DataFrame({"precision": [1.0]}))
+    assert format_table2(classification_table(Y_TRUE, Y_PRED), decimals=3).splitlines()[2].startswith("| HEM | 0.600")
 
 
 @pytest.mark.parametrize(
     "args, match",
     [
-        (([0, 1, 1], [0, 1]), "y_true has 3 entries but y_pred has 2"),
-        (([0, 2, 1], [0, 1, 1]), r"y_true has label\(s\) \[2\]"),
-        (([0, 1, 1], [0, 1, -1]), r"y_pred has label\(s\) \[-1\]"),
-        (([], []), "y_true is empty"),
-        ((["HEM", "ALL"], [0, 1]), "non-numeric"),
-        (([0, 1], [0, 1], [0.2, 1.5]), r"outside \[0, 1\].*max 1.5"),
+        (([0, 1, 1], [0, 1]), r"different lengths \[2, 3\]"),
+        (([0, 2, 1], [0, 1, 1]), r"y_true holds \[2\]; expected 0 \(HEM\) or 1 \(ALL\)"),
+        (([0, 1, 1], [0, 1, -1]), r"y_pred holds \[-1\]"),
+        (([], []), r"y_true has shape \(0,\); expected a non-empty 1-D array"),
+        (([[0, 1], [1, 0]], [0, 1]), r"y_true has shape \(2, 2\)"),
+        ((["HEM", "ALL"], [0, 1]), r"y_true holds \['ALL', 'HEM'\]"),
+        (([0, 1], [0, 1], [0.2, 1.5]), r"y_score must hold probabilities of ALL in \[0, 1\]"),
         (([0, 1], [0, 1], [0.2, np.nan]), "NaN"),
-        (([0, 1], [0, 1], [0.2, 0.3, 0.4]), "y_true has 2 entries but y_score has 3"),
-        (([0, 1], [0, 1], None, ["a"]), "y_true has 2 entries but subjects has 1"),
+        (([0, 1], [0, 1], ["a", "b"]), "y_score must hold probabilities"),
+        (([0, 1], [0, 1], [0.2, 0.3, 0.4]), r"different lengths \[2, 3\]"),
+        (([0, 1], [0, 1], None, ["a"]), r"different lengths \[1, 2\]"),
         (([0, 1], [0, 1], None, ["a", None]), "subjects has 1 missing"),
     ],
 )
@@ -147,6 +146,14 @@ def test_evaluate_validation_errors(args, match):
 def test_errors_are_value_errors():
     with pytest.raises(ValueError):
         evaluate([0, 1], [0, 3])
+
+
+def test_check_inputs_returns_checked_arrays():
+    t, p, s, g = check_inputs(torch.tensor([0, 1, 1]), [0.0, 1.0, 0.0], np.array([[0.8, 0.2], [0.1, 0.9], [0.5, 0.5]]))
+    assert t.tolist() == [0, 1, 1] and p.tolist() == [0, 1, 0] and g is None
+    assert t.dtype.kind == "i" and p.dtype.kind == "i"
+    np.testing.assert_allclose(s, [0.2, 0.9, 0.5])  # predict_proba output: its P(ALL) column
+    assert check_inputs([1, 0], subjects=["a", "b"])[3].tolist() == ["a", "b"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,6 +178,20 @@ def test_bootstrap_named_metrics_match_sklearn_estimates():
         json.dumps(out)
 
 
+def _subject_draws(y, subjects, n_boot, seed):
+    """How many times each subject is drawn in each replicate, drawn as :func:`bootstrap_ci` documents it: a
+    seeded ``numpy.random.default_rng``, per class (HEM subjects, then ALL, in sorted order), as many
+    subjects with replacement as the class has."""
+    names = np.unique(subjects.astype(str))
+    label_of = {name: y[subjects == name][0] for name in names}
+    rng, draws = np.random.default_rng(seed), np.zeros((n_boot, len(names)), dtype=int)
+    for label in (0, 1):
+        members = np.flatnonzero([label_of[name] == label for name in names])
+        picked = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
+        np.add.at(draws, (np.arange(n_boot)[:, None], picked), 1)
+    return names, draws
+
+
 @pytest.mark.parametrize(
     "name, fn",
     [
@@ -178,45 +199,24 @@ def test_bootstrap_named_metrics_match_sklearn_estimates():
         ("weighted_f1", lambda t, p, s: f1_score(t, p, average="weighted")),
         ("roc_auc", lambda t, p, s: roc_auc_score(t, s)),
         ("balanced_accuracy", lambda t, p, s: balanced_accuracy_score(t, p)),
+        ("sensitivity", lambda t, p, s: recall_score(t, p, pos_label=1)),
+        ("specificity", lambda t, p, s: recall_score(t, p, pos_label=0)),
     ],
 )
 def test_vectorised_replicates_equal_explicit_resampling(name, fn):
-    """Same seed => same subject draws: the vectorised replicates equal sklearn on the resampled cells."""
+    """Each vectorised replicate equals scikit-learn on the cells of whole subjects, each drawn as often as
+    the seeded, class-stratified draw says (so every replicate holds both classes)."""
     y, pred, score, subj = synthetic(n_subjects=8, n_cells=600)
     fast = bootstrap_ci(y, pred, subj, metric=name, y_score=score, n_boot=40, seed=3, return_values=True)
-    slow = bootstrap_ci(y, pred, subj, metric=fn, y_score=score, n_boot=40, seed=3, return_values=True)
-    np.testing.assert_allclose(fast["values"], slow["values"], atol=1e-12)
-    assert fast["low"] == pytest.approx(slow["low"]) and fast["high"] == pytest.approx(slow["high"])
-
-
-def test_bootstrap_resamples_whole_subjects_with_both_classes():
-    """Every replicate is a union of whole subjects (each drawn k >= 0 times), with as many HEM and ALL
-    subjects as the data (class-stratified draw), hence both classes."""
-    y, pred, _, subj = synthetic(n_subjects=6, n_cells=300)
-    cell_id = np.random.default_rng(5).permutation(len(y)) / len(y)  # unique "score" identifies a cell
-    subject_of = dict(zip(cell_id, subj, strict=True))
-    size = pd.Series(subj).value_counts()
-    label_of = pd.Series(y, index=subj).groupby(level=0).first()
-    seen = []
-
-    def record(t, p, s):
-        seen.append((t.copy(), s.copy()))
-        return float(np.mean(t == p))
-
-    bootstrap_ci(y, pred, subj, metric=record, y_score=cell_id, n_boot=50, seed=1)
-    assert len(seen) == 51  # the full-data estimate + 50 replicates
-    for t, ids in seen[1:]:
-        assert set(np.unique(t)) == {0, 1}
-        per_subject = pd.Series([subject_of[i] for i in ids]).value_counts()
-        draws = per_subject / size[per_subject.index]
-        assert np.allclose(draws, np.round(draws))  # whole subjects only
-        # every copy of a subject brings all its cells, each exactly once per copy
-        assert all(
-            pd.Series(ids[[subject_of[i] == s for i in ids]]).value_counts().nunique() == 1
-            for s in draws.index
-        )
-        n_drawn = draws.round().groupby(label_of[draws.index]).sum()
-        assert n_drawn.to_dict() == label_of.value_counts().to_dict()
+    names, draws = _subject_draws(y, subj, 40, 3)
+    explicit = []
+    for counts in draws:
+        cells = np.concatenate([np.repeat(np.flatnonzero(subj == n), k) for n, k in zip(names, counts, strict=True)])
+        assert set(y[cells]) == {0, 1}
+        explicit.append(fn(y[cells], pred[cells], score[cells]))
+    np.testing.assert_allclose(fast["values"], explicit, atol=1e-12)
+    assert fast["low"] == pytest.approx(np.quantile(explicit, 0.025))
+    assert fast["high"] == pytest.approx(np.quantile(explicit, 0.975))
 
 
 def test_subject_bootstrap_wider_than_cell_bootstrap():
@@ -267,10 +267,16 @@ def test_bootstrap_errors():
     y, pred, score, subj = synthetic(n_subjects=4, n_cells=80)
     with pytest.raises(DataError, match="metric='f2'"):
         bootstrap_ci(y, pred, subj, metric="f2")
-    with pytest.raises(DataError, match="needs y_score"):
+    with pytest.raises(DataError, match="for that metric, y_score"):
         bootstrap_ci(y, pred, subj, metric="roc_auc")
-    with pytest.raises(DataError, match="subjects is None"):
+    with pytest.raises(DataError, match="needs subjects"):
         bootstrap_ci(y, pred, None)
+    with pytest.raises(DataError, match="metrics: accuracy"):
+        bootstrap_ci(y, pred, subj, metric=lambda t, p, s: 0.0)  # callables are not accepted
+    with pytest.raises(DataError, match="n_boot=0"):
+        bootstrap_ci(y, pred, subj, n_boot=0)
+    with pytest.raises(DataError, match="n_boot=2.5"):
+        bootstrap_ci(y, pred, subj, n_boot=2.5)
     with pytest.raises(DataError, match="n_boot=0"):
         bootstrap_ci(y, pred, subj, n_boot=0)
     with pytest.raises(DataError, match="alpha=1.5"):
@@ -313,12 +319,12 @@ def test_patient_level_mean_and_vote_differ():
     assert p1m["mean_prob"] == pytest.approx(0.5875)
     assert p1m["frac_pred_all"] == pytest.approx(0.25)
     assert p1m["pred"] == 1 and p1v["pred"] == 0
-    assert patient_level_metrics(labels, scores, subjects, method="mean")["accuracy"] == 1.0
-    vm = patient_level_metrics(labels, scores, subjects, method="vote")
-    assert vm["accuracy"] == 0.5
+    assert patient_level_metrics(mean)["accuracy"] == 1.0
+    vm = patient_level_metrics(vote)
+    assert vm["accuracy"] == 0.5 and vm["balanced_accuracy"] == 0.5
+    assert vm["sensitivity"] == 0.0 and vm["specificity"] == 1.0
     assert vm["confusion_matrix"] == [[1, 0], [1, 0]]
-    assert vm["n_subjects"] == 2 and vm["method"] == "vote"
-    assert patient_level_metrics(vote) == vm  # a patient_level table works too
+    assert vm["n_subjects"] == 2 and vm["method"] == "vote" and vm["threshold"] == 0.5
 
 
 def test_patient_level_threshold_is_strict():
@@ -331,31 +337,7 @@ def test_patient_level_mixed_labels_names_subject():
         patient_level([0, 1, 0], [0.1, 0.9, 0.2], ["P7", "P7", "P8"])
     with pytest.raises(DataError, match="method='median'"):
         patient_level([0], [0.1], ["P"], method="median")
-    with pytest.raises(DataError, match="y_true has 2 entries but subjects has 1"):
+    with pytest.raises(DataError, match=r"different lengths \[1, 2\]"):
         patient_level([0, 1], [0.1, 0.9], ["P"])
-
-
-# --------------------------------------------------------------------------------------------------
-# calibration
-# --------------------------------------------------------------------------------------------------
-def test_ece_calibrated_vs_overconfident():
-    rng = np.random.default_rng(0)
-    prob = rng.random(20000)
-    y = (rng.random(20000) < prob).astype(int)  # P(ALL | prob) = prob: calibrated
-    calibrated = expected_calibration_error(y, prob)
-    overconfident = expected_calibration_error(y, np.where(prob > 0.5, 0.99, 0.01))
-    assert calibrated < 0.02
-    assert overconfident > 0.2
-
-
-def test_ece_hand_case_and_reliability_curve():
-    # two bins used: [0.0,0.1) holds 0.05 x2 (labels 0,1) and [0.9,1.0] holds 0.95 x2 (labels 1,1)
-    y = [0, 1, 1, 1]
-    p = [0.05, 0.05, 0.95, 0.95]
-    curve = reliability_curve(y, p, n_bins=10)
-    assert curve["count"].tolist() == [2, 2]
-    np.testing.assert_allclose(curve["mean_predicted"], [0.05, 0.95])
-    np.testing.assert_allclose(curve["fraction_positive"], [0.5, 1.0])
-    assert expected_calibration_error(y, p) == pytest.approx(0.5 * 0.45 + 0.5 * 0.05)
-    with pytest.raises(DataError, match="n_bins=0"):
-        expected_calibration_error(y, p, n_bins=0)
+    with pytest.raises(DataError, match="threshold=1.5"):
+        patient_level([0], [0.1], ["P"], threshold=1.5)

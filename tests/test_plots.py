@@ -1,26 +1,27 @@
-"""Tests for allkit.plots: every figure labels its axes and draws exactly the data it was given."""
-
-from __future__ import annotations
+"""allkit.study.plots: every figure labels its axes and draws exactly the data it was given."""
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.container import ErrorbarContainer  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from allkit.errors import DataError  # noqa: E402
-from allkit.metrics import patient_level  # noqa: E402
-from allkit.plots import (  # noqa: E402
+from allkit.errors import DataError
+from allkit.explain import GradCamResult, gradcam
+from allkit.metrics import patient_level
+from allkit.models import build_model
+from allkit.study.plots import (
     CLASS_COLORS,
     plot_backbone_comparison,
     plot_confusion_matrix,
+    plot_gradcam,
+    plot_gradcam_comparison,
     plot_gradcam_grid,
+    plot_gradcam_result,
     plot_patient_level,
     plot_reliability,
     plot_sample_grid,
@@ -28,6 +29,8 @@ from allkit.plots import (  # noqa: E402
     plot_xgb_curves,
     save_figure,
 )
+
+matplotlib.use("Agg")
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +152,6 @@ def test_sample_grid_rows_per_class():
 
 
 def test_sample_grid_chw_tensor_titles_and_missing_class():
-    torch = pytest.importorskip("torch")
     chw = torch.rand(2, 3, 8, 8)
     fig = plot_sample_grid(list(chw), [1, 1], n_per_class=3, titles=["a", "b"])
     axes = np.array(fig.axes).reshape(2, 3)
@@ -164,7 +166,6 @@ def test_sample_grid_chw_tensor_titles_and_missing_class():
 
 
 def test_gradcam_grid_original_and_overlay():
-    pytest.importorskip("pytorch_grad_cam")
     images = _images(2, size=12)
     yy, xx = np.mgrid[0:12, 0:12]
     heat = np.exp(-((yy - 6) ** 2 + (xx - 6) ** 2) / 10.0).astype(np.float32)
@@ -181,6 +182,57 @@ def test_gradcam_grid_original_and_overlay():
         plot_gradcam_grid(images[:1], [np.zeros((5, 5))], labels=[0])
     with pytest.raises(DataError, match="heatmaps has 1 entries"):
         plot_gradcam_grid(images, [heat], labels=[0, 1])
+
+
+def _result(labels=(0, 1), predictions=(0, 0), targets=(0, 1), seed=0) -> GradCamResult:
+    rng = np.random.default_rng(seed)
+    n = len(predictions)
+    return GradCamResult(
+        heatmaps=rng.random((n, 12, 12)).astype(np.float32),
+        images=rng.integers(0, 256, (n, 12, 12, 3), dtype=np.uint8),
+        targets=list(targets),
+        predictions=list(predictions),
+        probabilities=np.full((n, 2), 0.5, dtype=np.float32),
+        labels=None if labels is None else list(labels),
+    )
+
+
+def test_gradcam_result_figure():
+    result = _result()
+    fig = plot_gradcam_result(result, title="cells")
+    axes = np.array(fig.axes).reshape(2, 2)
+    assert fig._suptitle.get_text() == "cells"
+    np.testing.assert_allclose(axes[1, 0].images[0].get_array(), result.images[1] / 255.0, atol=1e-6)
+    shown = np.asarray(axes[1, 1].images[0].get_array(), dtype=int)
+    assert np.abs(shown - result.overlays()[1].astype(int)).max() <= 1  # the same overlay, up to rounding
+    assert "true ALL, predicted HEM" in axes[1, 0].get_ylabel()
+    with pytest.raises(DataError, match="labels"):
+        plot_gradcam_result(_result(labels=None))
+    # on a 1000-class head the predictions are not HEM/ALL: the rows then name only the true class
+    imagenet = _result(predictions=(181, 3))
+    ylabel = np.array(plot_gradcam_result(imagenet).axes).reshape(2, 2)[0, 0].get_ylabel()
+    assert "true HEM" in ylabel and "predicted" not in ylabel
+
+
+def test_gradcam_figure_of_a_model():
+    torch.manual_seed(0)
+    model = build_model("resnet18").eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    fig = plot_gradcam(model, "resnet18", images, [1, 0], title="two cells")
+    axes = np.array(fig.axes).reshape(2, 2)
+    expected = gradcam(model, "resnet18", images, "true", [1, 0])
+    shown = np.asarray(axes[0, 1].images[0].get_array(), dtype=int)
+    assert np.abs(shown - expected.overlays()[0].astype(int)).max() <= 1
+    assert "true ALL" in axes[0, 0].get_ylabel() and fig._suptitle.get_text() == "two cells"
+
+
+def test_gradcam_comparison_figure():
+    first, second = _result(targets=(181, 181)), _result(targets=(0, 1))
+    fig = plot_gradcam_comparison(first, second, titles=("ImageNet 181", "true class"))
+    axes = np.array(fig.axes).reshape(2, 3)
+    assert axes[0, 1].get_title() == "ImageNet 181" and axes[0, 2].get_title() == "true class"
+    with pytest.raises(DataError, match="different images"):
+        plot_gradcam_comparison(first, _result(seed=1))
 
 
 def test_backbone_comparison_bars_and_error_bars():

@@ -1,6 +1,4 @@
-"""The synthetic embedded default: layout, determinism, atomic writes, marker, and that it is learnable."""
-
-from __future__ import annotations
+"""allkit.study.synthetic, the embedded default: layout, determinism, atomic writes, marker, learnability."""
 
 import csv
 import hashlib
@@ -10,10 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from allkit.constants import LABEL_ALL, LABEL_HEM
-from allkit.data import synthetic
-from allkit.data.synthetic import (
+from allkit.errors import DataError
+from allkit.study import synthetic
+from allkit.study.synthetic import (
     DATASET_DIRNAME,
     GENERATOR_VERSION,
     MARKER_NAME,
@@ -22,12 +26,9 @@ from allkit.data.synthetic import (
     make_synthetic_cnmc,
     synthetic_info,
 )
-from allkit.errors import DataError
 
 NAME_RE = re.compile(r"^UID_(H?\d+)_(\d+)_(\d+)_(all|hem)\.(png|bmp)$")
-SMALL = dict(
-    n_folds=2, subjects_per_fold=(1, 1), cells_per_subject=2, prelim_subjects=(1, 1), final_cells=2, size=64
-)
+SMALL = dict(n_folds=2, subjects_per_fold=(1, 1), cells_per_subject=2, prelim_subjects=(1, 1), final_cells=2, size=64)
 
 
 def tree_digest(folder: Path) -> str:
@@ -143,9 +144,7 @@ def test_bmp_format_and_small_size(tmp_path):
     assert not list(base.rglob("*.png"))
     with Image.open(files[0]) as im:
         assert im.format == "BMP" and im.mode == "RGB" and im.size == (64, 64)
-    assert all(
-        r["Patient_ID"].endswith(".bmp") and r["new_names"].endswith(".bmp") for r in prelim_rows(base)
-    )
+    assert all(r["Patient_ID"].endswith(".bmp") and r["new_names"].endswith(".bmp") for r in prelim_rows(base))
 
 
 @pytest.mark.parametrize(
@@ -182,6 +181,7 @@ def test_default_root(tmp_path, monkeypatch, default_tree):
     assert default_synthetic_root() == root  # second call finds it, regenerates nothing
     assert tree_digest(default_tree) == digest
     monkeypatch.delenv("ALLKIT_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setattr(synthetic, "make_synthetic_cnmc", lambda root, **kw: Path(root))  # no 2nd full build
     assert default_synthetic_root() == tmp_path / ".cache" / "allkit" / f"synthetic-v{GENERATOR_VERSION}"
@@ -273,12 +273,6 @@ def _features(path: Path):
 
 
 def test_classes_learnable_from_morphology_not_colour(default_tree):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     items = [(f, label, fold, subject) for f, fold, _, subject, label in training_files(default_tree)]
     prelim_dir = default_tree / "validation_data" / "C-NMC_test_prelim_phase_data"
     items += [
@@ -303,9 +297,7 @@ def test_classes_learnable_from_morphology_not_colour(default_tree):
     acc_single = [balanced_accuracy(morph[:, [j]]) for j in range(morph.shape[1])]
     # Measured with seed 0 (generator v1): morph 0.89, colour 0.62, single features 0.49-0.78.
     assert acc_morph >= 0.75, f"morphology should separate held-out subjects (got {acc_morph:.2f})"
-    assert acc_morph >= acc_colour + 0.15, (
-        f"colour alone too informative: {acc_colour:.2f} vs {acc_morph:.2f}"
-    )
+    assert acc_morph >= acc_colour + 0.15, f"colour alone too informative: {acc_colour:.2f} vs {acc_morph:.2f}"
     assert max(acc_single) < 0.9, f"one feature alone is a giveaway: {acc_single}"
 
     # Per-subject stain: the mean colour identifies the subject, so a by-image split flatters a colour model.

@@ -1,5 +1,1 @@
-"""``allkit`` command line: one parser, sub-commands in their own modules."""
-
-from allkit.cli.main import main
-
-__all__ = ["main"]
+"""The ``allkit`` command line: one parser, each group of sub-commands in its own module."""

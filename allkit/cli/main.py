@@ -1,48 +1,46 @@
-"""Entry point: ``allkit <command> ...``. Errors are one line on stderr and a non-zero exit code."""
-
-from __future__ import annotations
+"""``allkit <command> ...``. Errors are one line on stderr and exit code 2; ``--debug`` (or
+``ALLKIT_DEBUG=1``) shows the traceback instead."""
 
 import argparse
+import os
 import sys
 
 from allkit import __version__
+from allkit.cli import data_cmd, export_cmd, model_cmd
 from allkit.errors import AllkitError
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from allkit.cli import data_cmd
-
     parser = argparse.ArgumentParser(
         prog="allkit",
+        formatter_class=Formatter,
         description="Reproduce the EfficientNet-B0 + XGBoost leukemia classifier on C-NMC 2019.",
-        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"allkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    data_cmd.register(commands, _Formatter)
-    try:
-        from allkit.cli import model_cmd
-    except ImportError:  # the model commands arrive with allkit.train / allkit.hybrid
-        model_cmd = None
-    if model_cmd is not None:
-        model_cmd.register(commands, _Formatter)
-    from allkit.cli import export_cmd
-
-    export_cmd.register(commands, _Formatter)
+    for module in (data_cmd, model_cmd, export_cmd):
+        module.register(commands, Formatter)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except AllkitError as exc:
-        print(f"allkit: error: {exc}", file=sys.stderr)
+    except (AllkitError, OSError) as err:
+        if args.debug or os.environ.get("ALLKIT_DEBUG") == "1":
+            raise
+        where = (
+            f" ({err.filename})"
+            if isinstance(err, OSError) and err.filename and str(err.filename) not in str(err)
+            else ""
+        )
+        print(f"allkit: error: {err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("allkit: interrupted", file=sys.stderr)

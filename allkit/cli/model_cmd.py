@@ -1,12 +1,17 @@
-"""``allkit reproduce | train | fit-hybrid | evaluate | gradcam``: thin wrappers over allkit.pipeline."""
-
-from __future__ import annotations
+"""``allkit reproduce | train | fit-hybrid | evaluate | experiments | gradcam``: thin wrappers over the study layer."""
 
 import json
 from pathlib import Path
 
-from allkit.profiles import PROFILES
-from allkit.recipes import RECIPES
+import pandas as pd
+
+from allkit.hybrid import HybridClassifier
+from allkit.study.experiments import run_variant, study_variants
+from allkit.study.heatmaps import gradcam_files, save_overlays
+from allkit.study.profiles import PROFILES, get_profile
+from allkit.study.recipe_study import study_seeds
+from allkit.study.recipes import RECIPES
+from allkit.study.run import evaluate_folder, finetune, fit_hybrid, load_cnn, prepare, reproduce, save_cnn, with_recipe
 
 REPRODUCE_EXAMPLES = """\
 examples:
@@ -48,52 +53,67 @@ def _common(parser, *, data_help="C-NMC root (default: ALLKIT_DATA, data/, synth
 
 
 def _recipe(parser) -> None:
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
-                        help="how the CNN is fine-tuned and predicts: the paper's, or the improved one selected "
-                             "on validation subjects (allkit/recipes.py, notebook 11)")
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="paper",
+        help="how the CNN is fine-tuned and predicts: the paper's, or the improved one selected "
+        "on validation subjects (allkit/study/recipes.py, notebook 11)",
+    )
 
 
 def register(commands, formatter) -> None:
-    rep = commands.add_parser("reproduce", help="the whole method end to end", epilog=REPRODUCE_EXAMPLES,
-                              formatter_class=formatter)
+    rep = commands.add_parser(
+        "reproduce", help="the whole method end to end", epilog=REPRODUCE_EXAMPLES, formatter_class=formatter
+    )
     _common(rep)
     _recipe(rep)
     rep.add_argument("--out", required=True, help="output folder (metrics.json, model/, figures)")
     rep.set_defaults(handler=run_reproduce)
 
-    train = commands.add_parser("train", help="fine-tune the CNN only", epilog=TRAIN_EXAMPLES,
-                                formatter_class=formatter)
+    train = commands.add_parser(
+        "train", help="fine-tune the CNN only", epilog=TRAIN_EXAMPLES, formatter_class=formatter
+    )
     _common(train)
     _recipe(train)
     train.add_argument("--out", required=True, help="output folder (cnn.pt, train.json, checkpoints/)")
     train.add_argument("--epochs", type=int, help="override the profile's epochs")
     train.set_defaults(handler=run_train)
 
-    fit = commands.add_parser("fit-hybrid", help="XGBoost on a trained CNN's features", epilog=TRAIN_EXAMPLES,
-                              formatter_class=formatter)
+    fit = commands.add_parser(
+        "fit-hybrid", help="XGBoost on a trained CNN's features", epilog=TRAIN_EXAMPLES, formatter_class=formatter
+    )
     fit.add_argument("--cnn", required=True, help="folder written by `allkit train`")
     fit.add_argument("--out", help="model folder (default: CNN_FOLDER/model)")
     fit.add_argument("--quiet", action="store_true")
     fit.set_defaults(handler=run_fit_hybrid)
 
-    ev = commands.add_parser("evaluate", help="predict and score a C-NMC-layout folder", epilog=EVALUATE_EXAMPLES,
-                             formatter_class=formatter)
+    ev = commands.add_parser(
+        "evaluate", help="predict and score a C-NMC-layout folder", epilog=EVALUATE_EXAMPLES, formatter_class=formatter
+    )
     ev.add_argument("--model", required=True, help="model folder written by reproduce/fit-hybrid")
     ev.add_argument("--data", required=True, help="C-NMC folder, or any folder with all/ and hem/")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--allow-unknown-subjects", action="store_true")
     ev.set_defaults(handler=run_evaluate)
 
-    exp = commands.add_parser("experiments", help="the controlled fine-tunes of notebooks 09-11",
-                              epilog=EXPERIMENTS_EXAMPLES, formatter_class=formatter)
+    exp = commands.add_parser(
+        "experiments",
+        help="the controlled fine-tunes of notebooks 09-11",
+        epilog=EXPERIMENTS_EXAMPLES,
+        formatter_class=formatter,
+    )
     exp.add_argument("--data", help="C-NMC root (default: ALLKIT_DATA, data/, synthetic)")
     exp.add_argument("--profile", choices=sorted(PROFILES), help="run profile (default: ALLKIT_PROFILE or sample)")
-    exp.add_argument("--runs", help="runs folder (default: ALLKIT_RUNS or runs/); results go to RUNS/<profile>/experiments")
+    exp.add_argument(
+        "--runs", help="runs folder (default: ALLKIT_RUNS or runs/); results go to RUNS/<profile>/experiments"
+    )
     exp.add_argument("--quiet", action="store_true", help="no progress bars")
     exp.set_defaults(handler=run_experiments)
 
-    cam = commands.add_parser("gradcam", help="Grad-CAM heatmaps for image files", epilog=GRADCAM_EXAMPLES,
-                              formatter_class=formatter)
+    cam = commands.add_parser(
+        "gradcam", help="Grad-CAM heatmaps for image files", epilog=GRADCAM_EXAMPLES, formatter_class=formatter
+    )
     cam.add_argument("images", nargs="+", help="image files")
     cam.add_argument("--model", required=True, help="model folder written by reproduce/fit-hybrid")
     cam.add_argument("--out", required=True, help="folder for <name>_gradcam.png")
@@ -102,25 +122,31 @@ def register(commands, formatter) -> None:
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
-    import pandas as pd
-
-    from allkit.metrics import format_table2
-
-    print(f"\n{title}: accuracy {metrics['accuracy']:.3f} "
-          f"(95% CI {metrics['ci']['accuracy']['low']:.3f}-{metrics['ci']['accuracy']['high']:.3f}, "
-          f"bootstrap over subjects), weighted F1 {metrics['weighted_f1']:.3f}, n = {metrics['n']}")
+    print(
+        f"\n{title}: accuracy {metrics['accuracy']:.3f} "
+        f"(95% CI {metrics['ci']['accuracy']['low']:.3f}-{metrics['ci']['accuracy']['high']:.3f}, "
+        f"bootstrap over subjects), weighted F1 {metrics['weighted_f1']:.3f}, n = {metrics['n']}"
+    )
     print(format_table2(pd.DataFrame(metrics["table2"]).T))
 
 
 def run_reproduce(args) -> int:
-    from allkit.pipeline import reproduce
-
-    run = reproduce(args.profile, args.data, out=args.out, backbone=args.backbone, weights=args.weights,
-                    device=args.device, progress=not args.quiet, recipe=args.recipe)
+    run = reproduce(
+        args.profile,
+        args.data,
+        out=args.out,
+        backbone=args.backbone,
+        weights=args.weights,
+        device=args.device,
+        progress=not args.quiet,
+        recipe=args.recipe,
+    )
     card = run.card
-    print(f"run card: profile {card['profile']}, recipe {args.recipe}, data {card['data']} ({card['data_source']}"
-          f"{', SYNTHETIC' if card['synthetic'] else ''}), backbone {card['backbone']} ({card['weights_note']}), "
-          f"device {card['device']}")
+    print(
+        f"run card: profile {card['profile']}, recipe {args.recipe}, data {card['data']} ({card['data_source']}"
+        f"{', SYNTHETIC' if card['synthetic'] else ''}), backbone {card['backbone']} ({card['weights_note']}), "
+        f"device {card['device']}"
+    )
     _print_metrics("CNN alone (test)", run.metrics["cnn"])
     _print_metrics("Hybrid CNN -> XGBoost (test)", run.metrics["hybrid"])
     print(f"\nwrote {run.out / 'metrics.json'}, {run.out / 'model'}/ and figures")
@@ -128,28 +154,27 @@ def run_reproduce(args) -> int:
 
 
 def run_train(args) -> int:
-    from allkit.pipeline import finetune, prepare, save_cnn, with_recipe
-
     profile = with_recipe(args.profile, args.recipe)
     if args.epochs is not None:
         profile = profile.with_overrides(epochs=args.epochs)
-    prepared, model = prepare(profile, args.data, backbone=args.backbone, weights=args.weights,
-                              device=args.device, progress=not args.quiet)
+    prepared, model = prepare(
+        profile, args.data, backbone=args.backbone, weights=args.weights, device=args.device, progress=not args.quiet
+    )
     out = Path(args.out)
-    trainer = finetune(prepared, model, out, progress=not args.quiet, recipe=args.recipe)
+    trainer = finetune(prepared, model, args.recipe, checkpoint_dir=out / "checkpoints", progress=not args.quiet)
     save_cnn(out, prepared, model, trainer.history_, recipe=args.recipe)
     last = trainer.history_[-1]
-    print(f"trained {prepared.backbone} for {len(trainer.history_)} epoch(s): train acc {last['train_acc']:.3f}"
-          + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "")
-          + f"; wrote {out / 'cnn.pt'}")
+    print(
+        f"trained {prepared.backbone} for {len(trainer.history_)} epoch(s): train acc {last['train_acc']:.3f}"
+        + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "")
+        + f"; wrote {out / 'cnn.pt'}"
+    )
     return 0
 
 
 def run_fit_hybrid(args) -> int:
-    from allkit.pipeline import fit_hybrid, load_cnn
-
     prepared, model, recipe = load_cnn(args.cnn, progress=not args.quiet)
-    hybrid = fit_hybrid(prepared, model, progress=not args.quiet, recipe=recipe)
+    hybrid = fit_hybrid(prepared, model, recipe, progress=not args.quiet)
     out = Path(args.out) if args.out else Path(args.cnn) / "model"
     hybrid.save(out)
     if recipe.threshold == "validation":
@@ -162,20 +187,17 @@ def run_fit_hybrid(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from allkit.pipeline import evaluate_folder
-
-    result = evaluate_folder(args.model, args.data, allow_unknown_subjects=args.allow_unknown_subjects,
-                             progress=not args.json)
+    result = evaluate_folder(
+        args.model, args.data, allow_unknown_subjects=args.allow_unknown_subjects, progress=not args.json
+    )
     if args.json:
         print(json.dumps(result))
         return 0
-    import pandas as pd
-
-    from allkit.metrics import format_table2
-
-    print(f"{result['n']} cells from {result['data']}: accuracy {result['accuracy']:.3f}, "
-          f"weighted F1 {result['weighted_f1']:.3f}"
-          + (f", ROC AUC {result['roc_auc']:.3f}" if result.get("roc_auc") is not None else ""))
+    print(
+        f"{result['n']} cells from {result['data']}: accuracy {result['accuracy']:.3f}, "
+        f"weighted F1 {result['weighted_f1']:.3f}"
+        + (f", ROC AUC {result['roc_auc']:.3f}" if result.get("roc_auc") is not None else "")
+    )
     print(format_table2(pd.DataFrame(result["table2"]).T))
     cm = result["confusion_matrix"]
     print("confusion matrix (rows true, columns predicted):")
@@ -184,31 +206,31 @@ def run_evaluate(args) -> int:
 
 
 def run_experiments(args) -> int:
-    from allkit.experiments import run_variant, study_variants
-    from allkit.profiles import get_profile
-    from allkit.recipe_study import study_seeds
-
     profile = get_profile(args.profile)
     variants = study_variants(seeds=study_seeds(profile))
     for i, variant in enumerate(variants, 1):
         run = run_variant(variant, profile, args.data, runs_dir=args.runs, progress=not args.quiet)
         last = run.history[-1]
-        print(f"[{i}/{len(variants)}] {variant.name}: val accuracy (CNN, last epoch) "
-              f"{last['val_acc']:.3f}; {run.dir}")
+        print(f"[{i}/{len(variants)}] {variant.name}: val accuracy (CNN, last epoch) {last['val_acc']:.3f}; {run.dir}")
     return 0
 
 
 def run_gradcam(args) -> int:
-    from allkit.explain import gradcam_files, save_overlays
-    from allkit.hybrid import HybridClassifier
-
-    hybrid = HybridClassifier.load(args.model, progress=False)
+    hybrid = HybridClassifier.load(args.model)
     target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
-    size = (hybrid.preprocessing_ or {}).get("size") or 224
-    result = gradcam_files(hybrid.cnn_, hybrid.backbone, args.images, target=target, size=size,
-                           normalize=hybrid.normalize)
-    paths = save_overlays(result, args.out)
+    result = gradcam_files(hybrid, args.images, target)
+    paths = save_overlays(result, [Path(p).stem for p in args.images], args.out)
     for path, pred, prob in zip(paths, result.predictions, result.probabilities, strict=True):
         print(f"{path}: predicted {('HEM', 'ALL')[pred] if pred < 2 else pred} (p={prob[pred]:.3f})")
     return 0
 
+
+def format_table2(table: pd.DataFrame, decimals: int = 2) -> str:
+    """Table 2 (:func:`allkit.metrics.classification_table`) as Markdown, rounded like the paper."""
+    lines = ["| | precision | recall | f1-score | support |", "|:--|--:|--:|--:|--:|"]
+    for name, row in table[["precision", "recall", "f1-score", "support"]].iterrows():
+        cells = [
+            "" if pd.isna(v) else str(int(v)) if col == "support" else f"{v:.{decimals}f}" for col, v in row.items()
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,178 +1,169 @@
-"""Decode each cell once: a uint8 memory-mapped cache of the deterministic preprocessing.
+"""Decode each cell once: the paper's fixed preprocessing, stored as a uint8 memory map.
 
-Centre crop (448 of 450) and resize (224) never change between epochs, so they are done once and
-stored as an ``(N, size, size, 3)`` uint8 ``.npy`` opened with ``mmap_mode="r"``: later epochs,
-notebooks and feature extraction read pixels from the page cache instead of decoding PNG/BMP again,
-and a 10,661-cell cache (1.6 GB) does not have to fit in Colab's RAM. Random augmentation runs after.
+Centre crop (448 of 450 px) and resize (224) never change between epochs, so every cell is decoded and
+cropped once into an ``(N, size, size, 3)`` uint8 ``.npy`` read with ``mmap_mode="r"``: later epochs,
+chapters and feature extraction read pixels from the page cache instead of decoding BMPs again, and the
+10,661 training cells (1.6 GB) need not fit in Colab's RAM. Random augmentation comes after.
 
-The cache is keyed by the file list (path, size, modification time) and the preprocessing
-parameters, and written atomically: an interrupted build leaves no cache that looks complete.
+The cache lives in ``ALLKIT_CACHE`` (else the platform's cache folder), is named by a hash of the file
+list (path, size, modification and change time, inode) and the preprocessing, and is written to a temp
+file renamed into place, so an interrupted build never leaves a cache that looks complete.
 """
 
-from __future__ import annotations
-
 import hashlib
-import json
 import os
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import platformdirs
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 from tqdm.auto import tqdm
 
-from allkit.atomic import write_json
-from allkit.constants import CROP_SIZE, IMAGE_SIZE, ORIGINAL_SIZE
-from allkit.data.discover import COLUMNS, BadFile
-from allkit.data.paths import cache_dir as default_cache_dir
-from allkit.errors import DataError
+from allkit.constants import CROP_RATIO, IMAGE_SIZE
+from allkit.errors import ConfigError, DataError
 
-CACHE_VERSION = 1
-DEFAULT_CROP_RATIO = CROP_SIZE / ORIGINAL_SIZE
+VERSION = 2
+
+
+def cache_dir() -> Path:
+    """``ALLKIT_CACHE``, else the platform's user cache folder (``~/.cache/allkit`` on Linux)."""
+    return Path(os.environ.get("ALLKIT_CACHE") or platformdirs.user_cache_dir("allkit")).expanduser()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. 16-bit grayscale is scaled 65535 → 255 (Pillow's own conversion clips it to white)."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DataError(f"a {image.mode!r} image has values outside [0, 65535]; expected 16-bit pixels")
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise DataError("a 32-bit float image has no defined intensity range; expected 8- or 16-bit pixels")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def decode_cell(image, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -> np.ndarray:
+    """One cell (a PIL image or a path) → uint8 ``(size, size, 3)``: RGB, square centre crop of
+    ``crop_ratio`` × the shorter side (448/450: the paper's CenterCrop(448)), bilinear resize to ``size``."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ConfigError(f"size={size!r}; expected a positive number of pixels")
+    if not 0 < crop_ratio <= 1:
+        raise ConfigError(f"crop_ratio={crop_ratio!r}; expected a fraction in (0, 1]")
+    if not isinstance(image, Image.Image):
+        with Image.open(image) as opened:
+            opened.load()
+            return decode_cell(opened, size, crop_ratio)
+    image = to_rgb(image)
+    shorter = min(image.size)
+    image = F.center_crop(image, [max(1, min(shorter, round(crop_ratio * shorter)))] * 2)
+    return np.array(F.resize(image, [int(size)] * 2, antialias=True))
 
 
 @dataclass
 class CellCache:
-    """Cells decoded and preprocessed once. ``frame`` lists the cached cells in row order."""
+    """Decoded cells. ``frame`` lists them in row order; ``images`` is the ``(N, size, size, 3)`` memory map."""
 
     path: Path
     frame: pd.DataFrame
     size: int
     crop_ratio: float
-    bad_files: list[BadFile] = field(default_factory=list)
-    _images: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def images(self) -> np.ndarray:
-        if self._images is None:
+        if "_images" not in self.__dict__:
             self._images = np.load(self.path, mmap_mode="r")
         return self._images
+
+    def __getstate__(self):  # DataLoader workers reopen the memory map instead of copying the pixels
+        return {k: v for k, v in self.__dict__.items() if k != "_images"}
 
     def __len__(self) -> int:
         return len(self.frame)
 
-    def __getstate__(self):
-        # Worker processes reopen the memory map instead of receiving a copy of the pixels.
-        state = self.__dict__.copy()
-        state["_images"] = None
-        return state
-
-    def rows(self, frame: pd.DataFrame | None = None) -> np.ndarray:
-        """Row numbers in the cache of the cells in ``frame`` (all cells when ``None``)."""
-        if frame is None:
-            return self.frame["row"].to_numpy()
-        index = pd.Series(self.frame["row"].to_numpy(), index=self.frame["path"].to_numpy())
+    def rows(self, frame: pd.DataFrame) -> np.ndarray:
+        """Row numbers of ``frame``'s cells in the cache."""
+        index = pd.Series(np.arange(len(self.frame)), index=self.frame["path"].to_numpy())
         missing = ~frame["path"].isin(index.index)
         if missing.any():
-            first = frame.loc[missing, "path"].iloc[0]
-            raise DataError(f"{int(missing.sum())} cell(s) are not in the cache {self.path} (e.g. {first}); "
-                            "build the cache from a frame that contains them")
+            raise DataError(
+                f"{int(missing.sum())} cell(s) are not in the cache {self.path} (e.g. "
+                f"{frame.loc[missing, 'path'].iloc[0]}); build the cache from a frame holding them"
+            )
         return index.loc[frame["path"].to_numpy()].to_numpy()
 
-    def get(self, frame: pd.DataFrame | None = None) -> np.ndarray:
-        """The cached pixels of ``frame``'s cells as an in-memory ``(n, size, size, 3)`` uint8 array."""
-        return np.asarray(self.images[self.rows(frame)])
 
-
-def cache_key(frame: pd.DataFrame, size: int, crop_ratio: float) -> str:
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{crop_ratio:.6f}".encode())
+def _key(frame: pd.DataFrame, size: int, crop_ratio: float) -> str:
+    digest = hashlib.sha256(f"v{VERSION}|{size}|{crop_ratio:.6f}".encode())
     for path in frame["path"]:
-        stat = os.stat(path)
-        digest.update(f"|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        st = os.stat(path)
+        digest.update(f"|{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}".encode())
     return digest.hexdigest()[:20]
 
 
-def _decode(path: str, size: int, crop_ratio: float) -> np.ndarray:
-    from allkit.transforms import decode_for_cache
-
-    with Image.open(path) as image:
-        image.load()
-        return decode_for_cache(image, size=size, crop_ratio=crop_ratio)
-
-
-def _load_existing(npy: Path, meta: Path, frame: pd.DataFrame, size: int) -> CellCache | None:
-    if not (npy.exists() and meta.exists()):
-        return None
-    try:
-        info = json.loads(meta.read_text())
-        images = np.load(npy, mmap_mode="r")
-    except (OSError, ValueError):
-        return None  # a damaged cache is rebuilt, never trusted
-    if images.shape != (len(frame), size, size, 3) or info.get("version") != CACHE_VERSION:
-        return None
-    cached = frame.reset_index(drop=True).assign(row=np.arange(len(frame)))
-    bad = [BadFile(**b) for b in info["bad_files"]]
-    bad_paths = {b.path for b in bad}
-    cached = cached[~cached["path"].isin(bad_paths)].reset_index(drop=True)
-    return CellCache(npy, cached, size, info["crop_ratio"], bad, images)
-
-
 def build_cache(
-    frame: pd.DataFrame,
-    *,
-    size: int = IMAGE_SIZE,
-    crop_ratio: float = DEFAULT_CROP_RATIO,
-    cache_dir: str | Path | None = None,
-    on_error: str = "raise",
-    workers: int | None = None,
-    progress: bool = True,
+    frame: pd.DataFrame, *, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO, folder=None, progress: bool = True
 ) -> CellCache:
-    """Decode ``frame``'s images once (or reuse a matching cache) and return the memory-mapped cache.
-
-    ``on_error="raise"`` stops at the first image that cannot be decoded, naming it; ``"skip"`` leaves
-    such images out of ``CellCache.frame`` and lists them in ``bad_files``.
-    """
-    if on_error not in {"raise", "skip"}:
-        raise ValueError(f"on_error={on_error!r}; expected 'raise' or 'skip'")
+    """Decode ``frame``'s cells once (or reuse the matching cache) and return the memory-mapped cache.
+    An image that cannot be decoded stops the build with a :class:`DataError` naming it."""
     if len(frame) == 0:
-        raise DataError("cannot build a cache of zero cells; the frame is empty")
-    frame = frame[[c for c in COLUMNS if c in frame.columns]].reset_index(drop=True)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "cells"
+        raise DataError("cannot cache zero cells: the frame is empty")
+    frame = frame.reset_index(drop=True)
+    decode_cell(Image.new("RGB", (1, 1)), size, crop_ratio)  # checks size and crop_ratio
+    folder = Path(folder) if folder is not None else cache_dir() / "cells"
+    try:
+        key = _key(frame, size, crop_ratio)
+    except OSError as err:
+        raise DataError(f"cannot read {err.filename}: {err.strerror}") from None
+    npy = folder / f"cells-{size}-{key}.npy"
+    if npy.is_file():
+        try:
+            if np.load(npy, mmap_mode="r").shape == (len(frame), size, size, 3):
+                return CellCache(npy, frame, size, crop_ratio)
+        except (OSError, ValueError):
+            pass  # a damaged cache is rebuilt, never trusted
     folder.mkdir(parents=True, exist_ok=True)
-    key = cache_key(frame, size, crop_ratio)
-    npy, meta = folder / f"cells-{size}-{key}.npy", folder / f"cells-{size}-{key}.json"
-    existing = _load_existing(npy, meta, frame, size)
-    if existing is not None:
-        return existing
-
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=npy.stem, suffix=".npy.tmp")
+    needed = len(frame) * size * size * 3 + 4096
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DataError(
+            f"{folder} has {free / 2**20:.0f} MiB free; caching {len(frame)} cells at {size} px "
+            f"needs {needed / 2**20:.0f} MiB. Free some space or set ALLKIT_CACHE elsewhere"
+        )
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{npy.stem}.", suffix=".tmp")
     os.close(fd)
-    tmp = Path(tmp_name)
-    bad: list[BadFile] = []
     try:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(frame), size, size, 3))
 
-        def work(i: int, images=images) -> tuple[int, str | None]:
+        def decode(i: int, images=images) -> str | None:
             try:
-                images[i] = _decode(frame.at[i, "path"], size, crop_ratio)
-                return i, None
-            except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
-                return i, f"cannot decode image: {exc}"
+                images[i] = decode_cell(frame.at[i, "path"], size, crop_ratio)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                return f"{frame.at[i, 'path']}: not a readable image ({err})"
+            return None
 
-        threads = workers or min(8, os.cpu_count() or 1)
-        pool = ThreadPoolExecutor(max_workers=threads)
+        pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
         try:
-            results = pool.map(work, range(len(frame)))
-            for i, problem in tqdm(results, total=len(frame), desc="Caching cells", unit="img",
-                                   disable=not progress):
-                if problem is None:
-                    continue
-                if on_error == "raise":
-                    raise DataError(f"{frame.at[i, 'path']}: {problem}. Pass on_error='skip' to leave it out")
-                bad.append(BadFile(frame.at[i, "path"], problem))
+            for problem in tqdm(
+                pool.map(decode, range(len(frame))),
+                total=len(frame),
+                desc="Caching cells",
+                unit="img",
+                disable=not progress,
+            ):
+                if problem:
+                    raise DataError(f"{problem}; remove or replace the file")
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(cancel_futures=True)
         images.flush()
         del images
         os.replace(tmp, npy)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    write_json(meta, {"version": CACHE_VERSION, "size": size, "crop_ratio": crop_ratio,
-                        "n": len(frame), "bad_files": [b.to_dict() for b in bad]})
-    loaded = _load_existing(npy, meta, frame, size)
-    assert loaded is not None
-    return loaded
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return CellCache(npy, frame, size, crop_ratio)

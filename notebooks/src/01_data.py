@@ -15,7 +15,7 @@ try:
     import allkit  # noqa: F401
 except ImportError:
     %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
-from allkit.book import setup
+from allkit.study.book import setup
 
 ctx = setup("01_data")
 
@@ -71,7 +71,7 @@ ctx = setup("01_data")
 # the command uses:
 
 # %%
-from allkit.cli.data_cmd import check_report
+from allkit.study.data_check import check_report
 
 report = check_report(ctx.data_root, progress=False)
 ctx.cells.summary()
@@ -110,7 +110,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from allkit.plots import CLASS_COLORS
+from allkit.study.plots import CLASS_COLORS
 
 frame = ctx.cells.frame
 palette = {"HEM": CLASS_COLORS[0], "ALL": CLASS_COLORS[1]}
@@ -185,7 +185,7 @@ print(f"a classifier that always answers 'ALL' is right on {majority:.1%} of the
 # %%
 from PIL import Image
 
-from allkit.plots import plot_sample_grid
+from allkit.study.plots import plot_sample_grid
 
 rng = np.random.default_rng(ctx.profile.seed)
 picks = []
@@ -281,7 +281,7 @@ split.summary()
 # %%
 from sklearn.model_selection import train_test_split
 
-from allkit.data import check_leakage, split_cells
+from allkit.data import check_leakage, split_by_image
 from allkit.errors import DataError, SubjectLeakageError
 
 train_cells, test_cells = train_test_split(frame, test_size=0.2, random_state=ctx.profile.seed,
@@ -301,10 +301,10 @@ except SubjectLeakageError as error:
 
 # %%
 try:
-    split_cells(frame, by="image")
+    split_by_image(frame)
 except DataError as error:
     print(f"{type(error).__name__}: {error}")
-leaky = split_cells(frame, by="image", leaky=True)
+leaky = split_by_image(frame, leaky=True)
 print(f"\nwith leaky=True: protocol {leaky.protocol!r}, flagged leaky={leaky.leaky}")
 
 # %% [markdown]

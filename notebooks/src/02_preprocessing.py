@@ -14,7 +14,7 @@ try:
     import allkit  # noqa: F401
 except ImportError:
     %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
-from allkit.book import setup
+from allkit.study.book import setup
 
 ctx = setup("02_preprocessing")
 
@@ -27,7 +27,7 @@ ctx = setup("02_preprocessing")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from allkit.transforms import describe_pipeline
+from allkit.study.book import describe_pipeline
 
 print("The paper's training pipeline:")
 for i, step in enumerate(describe_pipeline(normalize=False), start=1):
@@ -128,13 +128,14 @@ fig.suptitle("One cell through the paper's pipeline (+ allkit's normalisation)")
 # evaluation pipeline and its cache (further down) give bit-identical tensors to steps 1–3 and 7:
 
 # %%
-from allkit.transforms import decode_for_cache, eval_transform, to_model_input
+from allkit.data import decode_cell
+from allkit.transforms import eval_transform, to_model_input
 
 by_hand = F.to_dtype(F.to_image(resized), torch.float32, scale=True)
 via_eval = eval_transform(normalize=False)(original)
-via_cache = to_model_input(torch.from_numpy(decode_for_cache(original)).permute(2, 0, 1), normalize=False)
+via_cache = to_model_input(torch.from_numpy(decode_cell(original)).permute(2, 0, 1), normalize=False)
 print(f"eval_transform equals the steps by hand: {torch.equal(via_eval, by_hand)}")
-print(f"decode_for_cache + to_model_input equals them too: {torch.equal(via_cache, by_hand)}")
+print(f"decode_cell + to_model_input equals them too: {torch.equal(via_cache, by_hand)}")
 
 # %% [markdown]
 # ## Normalisation: what the paper skips
@@ -156,20 +157,23 @@ print(f"decode_for_cache + to_model_input equals them too: {torch.equal(via_cach
 # allkit's profiles handle this as follows (the profile is chosen with `ALLKIT_PROFILE`):
 
 # %%
-from allkit.models import get_spec
-from allkit.profiles import PROFILES
+from allkit.models import get_backbone
+from allkit.study.profiles import PROFILES
+
+
+def rounded(values):
+    return tuple(round(v, 3) for v in values)
+
 
 for profile in PROFILES.values():
     if not profile.normalize:
         how = "no normalisation: [0, 1] input, as the paper's pipeline"
     else:
-        spec = get_spec(profile.backbone)
-        how = (f"the backbone's own statistics ({profile.backbone}: mean {tuple(round(m, 3) for m in spec.mean)}, "
-               f"std {tuple(round(s, 3) for s in spec.std)})")
+        mean, std = get_backbone(profile.backbone).mean_std
+        how = f"the backbone's own statistics ({profile.backbone}: mean {rounded(mean)}, std {rounded(std)})"
         if profile.fallback_backbone:
-            fallback = get_spec(profile.fallback_backbone)
-            how += (f"; offline fallback {fallback.name}: mean {tuple(round(m, 3) for m in fallback.mean)}, "
-                    f"std {tuple(round(s, 3) for s in fallback.std)}")
+            mean, std = get_backbone(profile.fallback_backbone).mean_std
+            how += f"; offline fallback {profile.fallback_backbone}: mean {rounded(mean)}, std {rounded(std)}"
     marker = "  <- this run" if profile.name == ctx.profile.name else ""
     print(f"{profile.name:>6}: {how}{marker}")
 
@@ -214,7 +218,7 @@ for c, name in enumerate("RGB"):
 
 # %%
 sample = frame.sample(min(64, len(frame)), random_state=ctx.profile.seed)
-batch = torch.stack([to_model_input(torch.from_numpy(decode_for_cache(p)).permute(2, 0, 1), normalize=False)
+batch = torch.stack([to_model_input(torch.from_numpy(decode_cell(p)).permute(2, 0, 1), normalize=False)
                      for p in sample.path])
 mean, std = batch.mean(dim=(0, 2, 3)), batch.std(dim=(0, 2, 3))
 print(f"{len(sample)} cells | channel: C-NMC mean / std   vs   ImageNet mean / std")
@@ -236,7 +240,7 @@ for c, name in enumerate("RGB"):
 from allkit.constants import FLIP_PROBABILITY
 from allkit.transforms import BatchAugment
 
-uint8_cell = torch.from_numpy(decode_for_cache(original)).permute(2, 0, 1)   # [3, 224, 224] uint8
+uint8_cell = torch.from_numpy(decode_cell(original)).permute(2, 0, 1)   # [3, 224, 224] uint8
 eight = uint8_cell.unsqueeze(0).repeat(8, 1, 1, 1)
 augment = BatchAugment()
 generator = torch.Generator().manual_seed(ctx.profile.seed)

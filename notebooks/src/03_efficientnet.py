@@ -15,7 +15,7 @@ try:
     import allkit  # noqa: F401
 except ImportError:
     %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
-from allkit.book import setup
+from allkit.study.book import setup
 
 ctx = setup("03_efficientnet")
 
@@ -43,14 +43,20 @@ import torch
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
-from allkit.models import build_model, count_parameters, feature_extractor
-from allkit.transforms import decode_for_cache, to_model_input
+from allkit.data import decode_cell
+from allkit.models import PooledFeatures, build_model
+from allkit.transforms import to_model_input
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())
+
 
 torch.manual_seed(ctx.profile.seed)
 model = build_model("efficientnet_b0", weights=None).eval()
 frame = ctx.cells.frame
 cell = frame[frame.label == 1].sample(1, random_state=ctx.profile.seed).iloc[0]
-x = to_model_input(torch.from_numpy(decode_for_cache(cell.path)).permute(2, 0, 1)).unsqueeze(0)
+x = to_model_input(torch.from_numpy(decode_cell(cell.path)).permute(2, 0, 1)).unsqueeze(0)
 print(f"input: one {cell.class_name} cell (subject {cell.subject}) as a tensor of shape {tuple(x.shape)}")
 
 # %%
@@ -269,7 +275,7 @@ print(f"SiLU's minimum: {silu.min():.3f} at x = {z[silu.argmin()]:.2f}; sigmoid(
 # NBVAL_CHECK_OUTPUT
 import pandas as pd
 
-from allkit.models import parameter_table
+from allkit.study.backbones import parameter_table
 
 table = parameter_table()
 print(f"{'backbone':<20}{'computed':>14}{'paper quotes':>15}{'difference':>12}{'2-class head':>15}{'features':>10}")
@@ -311,10 +317,10 @@ for name, row in table.iterrows():
 # pool, giving 1280 numbers per cell, and XGBoost {cite}`chen2016xgboost`, a gradient-boosted ensemble of
 # decision trees (learning rate η = 0.35 in the paper), learns to tell ALL from HEM from those numbers.
 # The paper reports 0.81 accuracy for the CNN alone and 0.85 for the hybrid {cite}`somu2024advancing`.
-# In allkit the "set aside" step is `feature_extractor`:
+# In allkit the "set aside" step is `PooledFeatures`, which keeps what the head receives:
 
 # %%
-extractor = feature_extractor(model, "efficientnet_b0").eval()
+extractor = PooledFeatures(model, "efficientnet_b0").eval()
 with torch.no_grad():
     features = extractor(x)
     logits = model(x)
@@ -326,7 +332,7 @@ print(f"the features are exactly what the head receives: "
 from allkit.constants import PAPER_ACCURACY_CNN, PAPER_ACCURACY_HYBRID
 
 fig, ax = plt.subplots(figsize=(12, 4.6), layout="constrained")
-thumb = decode_for_cache(cell.path)
+thumb = decode_cell(cell.path)
 ax.imshow(thumb, extent=(0.0, 1.8, 1.2, 3.0))
 ax.text(0.9, 0.9, "cell image\n3 × 224 × 224", ha="center", va="top", fontsize=9)
 box(ax, 3.9, 2.1, "EfficientNet-B0\nstem conv, 16 MBConv blocks,\n1×1 conv → 1280 × 7 × 7",
@@ -381,12 +387,12 @@ ax.set_title("The hybrid: EfficientNet-B0 features classified by XGBoost");
 # XGBoost stage is unchanged. Checked by code:
 
 # %%
-from allkit.models import get_spec
+from allkit.models import get_backbone
 
 lite = build_model("efficientnet_lite0", weights=None).eval()
-b0_spec, lite_spec = get_spec("efficientnet_b0"), get_spec("efficientnet_lite0")
+lite_mean, lite_std = get_backbone("efficientnet_lite0").mean_std
 with torch.no_grad():
-    lite_features = feature_extractor(lite, "efficientnet_lite0")(x)
+    lite_features = PooledFeatures(lite, "efficientnet_lite0")(x)
 
 def count(net, kinds):
     return sum(isinstance(m, kinds) for m in net.modules())
@@ -400,8 +406,8 @@ print(f"{'ReLU6 modules':<24}{count(model, nn.ReLU6):>18}{count(lite, nn.ReLU6):
 print(f"{'parameters (2 classes)':<24}{count_parameters(model):>18,}{count_parameters(lite):>20,}")
 print(f"{'pooled features':<24}{features.shape[1]:>18}{lite_features.shape[1]:>20}")
 print(f"{'input normalisation':<24}{'ImageNet mean/std':>18}{'(x*255-127)/128':>20}")
-print(f"\nLite0's mean/std as allkit stores them: mean {tuple(round(m, 4) for m in lite_spec.mean)}, "
-      f"std {tuple(round(s, 4) for s in lite_spec.std)}")
+print(f"\nLite0's mean/std as allkit stores them: mean {tuple(round(m, 4) for m in lite_mean)}, "
+      f"std {tuple(round(s, 4) for s in lite_std)}")
 
 # %% [markdown]
 # The table counts what each network is made of: the same 16 MBConv blocks and the same 1280 pooled

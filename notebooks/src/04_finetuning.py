@@ -7,6 +7,13 @@
 # {cite:p}`tan2019efficientnet` on the C-NMC 2019 cells, and its FIG 6 shows the training curves. This
 # chapter runs that step with the book's profile, draws the curves, and reads them: how fast the model
 # learns, whether it generalises to people it has never seen, and how long the training takes here.
+#
+# **Learning goals.** After this chapter you can
+# - replace the 1000-class ImageNet head of a pretrained CNN by a new 2-class head, and say which weights
+#   are new and which are pretrained;
+# - read a PyTorch fine-tuning loop line by line: augmentation, forward pass, cross-entropy, `backward()`,
+#   `step()`, and a validation pass after every epoch;
+# - read training curves, and tell a model that learns *cells* from one that learns the *people* it saw.
 
 # %%
 # Setup: on Colab this installs allkit and fetches C-NMC 2019 (kagglehub); elsewhere it only prints the run card.
@@ -14,7 +21,7 @@ try:
     import allkit  # noqa: F401
 except ImportError:
     %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
-from allkit.book import setup
+from allkit.study.book import setup
 
 ctx = setup("04_finetuning")
 
@@ -28,8 +35,10 @@ ctx = setup("04_finetuning")
 # network, not only the new head. The training images are randomly flipped and slightly rotated (see the
 # preprocessing chapter); validation images are not.
 #
-# A *profile* (named in the run card above) decides how much of that a machine can afford. The table below puts the paper's
-# numbers next to what this book's profile actually uses, so that nothing is changed silently.
+# A *profile* (named in the run card above) decides how much of that a machine can afford. The table
+# below puts the paper's numbers next to what this book's profile actually uses, so that nothing is
+# changed silently. (Where the backbone's ImageNet weights cannot be downloaded, the run falls back to
+# another backbone; the run itself, further down, says which one it trained.)
 
 # %%
 import pandas as pd
@@ -39,24 +48,81 @@ from allkit import constants
 profile = ctx.profile
 recipe = pd.DataFrame(
     {
-        "paper": [constants.EPOCHS, constants.BATCH_SIZE, constants.LEARNING_RATE, "Adamax",
-                  constants.IMAGE_SIZE, "all", "all"],
-        f"this book ({profile.name} profile)": [profile.epochs, profile.batch_size, profile.lr, "Adamax",
-                                                profile.image_size, profile.max_train_cells or "all",
-                                                profile.max_batches or "all"],
+        "paper": ["efficientnet_b0", "ImageNet", constants.EPOCHS, constants.BATCH_SIZE,
+                  constants.LEARNING_RATE, "Adamax", constants.IMAGE_SIZE, "none ([0, 1])", "all"],
+        f"this book ({profile.name} profile)": [
+            profile.backbone, profile.weights, profile.epochs, profile.batch_size, profile.lr, "Adamax",
+            profile.image_size, "the backbone's mean/std" if profile.normalize else "none ([0, 1])",
+            profile.max_train_cells or "all"],
     },
-    index=["epochs", "batch size", "learning rate", "optimiser", "image size (px)", "training cells",
-           "batches per epoch"],
+    index=["backbone", "pretrained weights", "epochs", "batch size", "learning rate", "optimiser",
+           "image size (px)", "normalisation", "training cells"],
 )
 recipe
 
 # %% [markdown]
+# ## A new head on a pretrained network
+#
+# An ImageNet network ends in a linear layer with 1000 outputs, one per ImageNet class. For C-NMC we
+# need two (HEM = 0, ALL = 1), so `build_model` loads the pretrained weights and then swaps that last
+# layer for a new, randomly initialised `Linear(1280, 2)`. Everything before it keeps its ImageNet
+# weights; the fine-tune then adjusts *all* layers, the new head fastest (it starts from nothing).
+# Here both versions of the architecture side by side (random weights, nothing is downloaded):
+
+# %%
+from allkit.models import build_model, get_backbone, head
+
+backbone = get_backbone(profile.backbone)
+imagenet_head = head(build_model(backbone.name, weights=None, num_classes=1000), backbone)
+our_head = head(build_model(backbone.name, weights=None), backbone)
+print(f"{backbone.name}: the layer at {backbone.head!r}")
+print(f"  as trained on ImageNet: {imagenet_head}")
+print(f"  for C-NMC:              {our_head}  <- new, randomly initialised")
+print(f"The new head has {sum(p.numel() for p in our_head.parameters()):,} parameters; the rest of the "
+      f"network about {backbone.num_params - sum(p.numel() for p in imagenet_head.parameters()):,}.")
+
+# %% [markdown]
+# ## The training loop
+#
+# This is the code that fine-tunes the network in this book; the CLI (`allkit reproduce`) and every
+# chapter call the very same functions. First one **epoch**, one pass over the training cells in
+# batches of 40. For each batch: the random flips and rotation of the previous chapter, the conversion
+# to the network's input, the forward pass, the **cross-entropy** between the predicted class
+# probabilities and the true labels, then `backward()` (the gradient of the loss with respect to every
+# weight) and `optimizer.step()` (one small move of every weight against its gradient). The lines about
+# `scaler`, `dtype` and `aux` only matter on a GPU or for Inception-v3.
+
+# %%
+from allkit.study.book import show_source
+from allkit.train import Trainer, train_one_epoch
+
+show_source(train_one_epoch)
+
+# %% [markdown]
+# And the loop over epochs, `Trainer.fit`. It creates the **Adamax** optimiser with the learning rate
+# 10⁻³ and the `CrossEntropyLoss`, then, for each epoch: draws that epoch's random seeds (so that a run
+# interrupted and resumed ends with exactly the same weights), shuffles the training cells, runs
+# `train_one_epoch`, and measures the loss and accuracy on the **validation** cells, which are never
+# trained on. The helpers it calls (`_check`, `_kit`, `_remember`, `_save`) check the arguments, set up
+# the optional extras (learning-rate schedule, mixed precision), remember the best epoch and write a
+# checkpoint; they do not change the method.
+
+# %%
+show_source(Trainer.fit)
+
+# %% [markdown]
 # ## Training (or reusing the finished run)
 #
-# `ctx.run()` runs the whole method of the paper once for this profile: fine-tuning, then the XGBoost
-# step of the next chapter, then the evaluation. It writes everything to a run folder, so the later
-# chapters (and a second execution of this one) load the finished run instead of training again.
-# On a CPU the `sample` profile takes a while; on a Colab GPU, a few minutes.
+# `ctx.run()` runs the whole method of the paper once for this profile: the fine-tune above (called
+# as below, with the profile's settings), then the XGBoost step of the next chapter, then the
+# evaluation. It writes everything to a run folder, so the later chapters (and a second execution of
+# this one) load the finished run instead of training again. On a CPU the `sample` profile takes a
+# while; on a Colab GPU, a few minutes.
+
+# %%
+from allkit.study.run import finetune
+
+show_source(finetune)
 
 # %%
 run = ctx.run()
@@ -83,7 +149,7 @@ pd.DataFrame(card["counts"]).T.rename_axis("part")
 # no subject; the next cell checks it, and the one after says why it matters.
 
 # %%
-from allkit.pipeline import rebuild_prepared
+from allkit.study.run import rebuild_prepared
 
 prepared = rebuild_prepared(run, progress=False)  # the run's split (recomputed from the seed if loaded)
 subjects = {part: set(ds.frame["subject"]) for part, ds in prepared.datasets.items()}
@@ -102,7 +168,7 @@ for a, b in [("train", "val"), ("train", "test"), ("val", "test")]:
 # ## The training curves (the paper's FIG 6)
 
 # %%
-from allkit import plots
+from allkit.study import plots
 
 where = f"{card['backbone']}, {card['profile']} profile{', SYNTHETIC data' if card['synthetic'] else ''}"
 plots.plot_training_curves(run.history, title=f"Fine-tuning ({where})");

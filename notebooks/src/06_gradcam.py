@@ -7,6 +7,11 @@
 # pushed the fine-tuned CNN towards a class. This chapter draws them for test cells of both classes, then
 # for cells the CNN got wrong, measures how much of each map falls on the cell rather than on the black
 # background, and ends with what such maps can and cannot tell us.
+#
+# **Learning goals.** After this chapter you can
+# - compute Grad-CAM maps with `pytorch-grad-cam` for a chosen class and layer;
+# - measure how much of a map falls on the cell instead of describing it by eye;
+# - say what a heatmap shows (where the evidence for a class lies) and what it does not (why).
 
 # %%
 # Setup: on Colab this installs allkit and fetches C-NMC 2019 (kagglehub); elsewhere it only prints the run card.
@@ -14,7 +19,7 @@ try:
     import allkit  # noqa: F401
 except ImportError:
     %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
-from allkit.book import setup
+from allkit.study.book import setup
 
 ctx = setup("06_gradcam")
 
@@ -35,21 +40,34 @@ import torch
 
 from allkit.constants import CLASS_NAMES
 from allkit.explain import gradcam
-from allkit.models import get_spec
-from allkit.pipeline import rebuild_prepared
+from allkit.models import get_backbone
+from allkit.study import plots
+from allkit.study.book import show_source
+from allkit.study.run import rebuild_prepared
 
 run = ctx.run()
 card = run.card
 prepared = rebuild_prepared(run, progress=False)  # the run's test cells (same split, same seed)
 test = prepared.datasets["test"]
 normalize = run.hybrid.normalize  # the normalisation the CNN was trained with (saved with the model)
-layer = get_spec(card["backbone"]).gradcam_layer(run.model)
+layer = run.model.get_submodule(get_backbone(card["backbone"]).gradcam_layer)
 print(f"Model: the fine-tuned {card['backbone']} ({card['weights_note']})")
 print(f"Data: {'SYNTHETIC stand-in' if card['synthetic'] else 'real C-NMC 2019 cells'}, {card['profile']} profile; "
       f"device {card['device']}")
 side = card["image_size"] // 32  # the network shrinks the image 32-fold
 print(f"Hooked layer: {type(layer).__name__}, the end of the convolutional part; at {card['image_size']} px its "
       f"maps are a {side}x{side} grid.")
+
+# %% [markdown]
+# ## The code
+#
+# `pytorch-grad-cam` does the work. `GradCAM(model, target_layers=[layer])` hooks the layer; each
+# `ClassifierOutputTarget(c)` says which class's score to explain for one image (the true class, the
+# predicted one, or any other); calling the `cam` returns one map per image. allkit's `gradcam` wraps
+# exactly that, in batches, and keeps the model's own prediction next to each map:
+
+# %%
+show_source(gradcam)
 
 # %% [markdown]
 # ## Heatmaps for the true class (FIG 5)
@@ -64,7 +82,7 @@ images = torch.stack([test[i][0] for i in picks])
 labels = test.frame.loc[picks, "label"].to_numpy()
 cams = gradcam(run.model, card["backbone"], images, target="true", labels=labels, normalize=normalize)
 where = f"{card['backbone']}, {card['profile']} profile{', SYNTHETIC data' if card['synthetic'] else ''}"
-cams.plot(title=f"Grad-CAM, true class ({where})");
+plots.plot_gradcam_result(cams, title=f"Grad-CAM, true class ({where})");
 
 # %% [markdown]
 # Left, the cell as the network sees it (cropped and resized); right, the heatmap over it, from blue (no
@@ -128,9 +146,9 @@ for k, name in enumerate(CLASS_NAMES):
 # are computed for the *predicted* class.
 
 # %%
-from allkit.hybrid import cnn_predict_proba
+from allkit.inference import predict_proba
 
-proba = cnn_predict_proba(run.model, test, normalize=normalize)
+proba = predict_proba(run.model, test, normalize=normalize)
 wrong = test.frame[proba.argmax(axis=1) != test.frame["label"].to_numpy()]
 print(f"The CNN alone misclassifies {len(wrong)} of {len(test)} test cells: "
       + ", ".join(f"{(wrong.label == k).sum()} {name}" for k, name in enumerate(CLASS_NAMES)) + ".")
@@ -140,7 +158,7 @@ if len(wrong):
     labels = test.frame.loc[picks, "label"].to_numpy()
     mistakes = gradcam(run.model, card["backbone"], images, target="predicted", labels=labels,
                        normalize=normalize)
-    mistakes.plot(title=f"Grad-CAM, predicted (wrong) class ({where})")
+    plots.plot_gradcam_result(mistakes, title=f"Grad-CAM, predicted (wrong) class ({where})")
     display(heat_on_cell(mistakes).round(3))
 
 # %% [markdown]

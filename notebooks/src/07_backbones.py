@@ -14,7 +14,7 @@ try:
     import allkit  # noqa: F401
 except ImportError:
     %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
-from allkit.book import setup
+from allkit.study.book import setup
 
 ctx = setup("07_backbones")
 
@@ -36,7 +36,7 @@ ctx = setup("07_backbones")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from allkit.models import parameter_table
+from allkit.study.backbones import parameter_table
 
 sizes = parameter_table()
 sizes[["params_imagenet_head", "params_2_classes", "paper_params", "input_size", "feature_dim", "note"]]
@@ -67,7 +67,7 @@ sizes[["params_imagenet_head", "params_2_classes", "paper_params", "input_size",
 # %%
 import pandas as pd
 
-from allkit.compare import compare_backbones
+from allkit.study.backbones import compare_backbones
 
 run = ctx.run()
 table = compare_backbones(ctx.profile, ctx.data_root, out=ctx.runs_dir / f"{ctx.profile.name}-backbones",
@@ -97,7 +97,7 @@ for _, row in missing.iterrows():
 # %%
 import matplotlib.pyplot as plt
 
-from allkit import plots
+from allkit.study import plots
 
 if len(computed):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")

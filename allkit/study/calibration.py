@@ -17,21 +17,20 @@ Labels follow :mod:`allkit.constants`: ALL = 1 (positive), HEM = 0. Probabilitie
 ``(n, 2)`` ``[HEM, ALL]`` ``predict_proba`` array is accepted wherever one is expected (column 1 is used).
 """
 
-from __future__ import annotations
-
 import warnings
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from sklearn.calibration import calibration_curve
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 
 from allkit.constants import LABEL_ALL, LABEL_HEM
 from allkit.errors import DataError, ModelError
-from allkit.metrics import _check_labels, _check_lengths, _check_scores, expected_calibration_error
+from allkit.metrics import check_inputs
 
 __all__ = [
     "CRITERIA",
@@ -50,10 +49,8 @@ DEFAULT_THRESHOLD = 0.5
 _EPS = 1e-6
 
 
-def _check_pair(y, p, y_name: str, p_name: str) -> tuple[np.ndarray, np.ndarray]:
-    t = _check_labels(y, y_name)
-    s = _check_scores(p, p_name)
-    _check_lengths(**{y_name: t, p_name: s})
+def _check_pair(y, p, y_name: str) -> tuple[np.ndarray, np.ndarray]:
+    t, _, s, _ = check_inputs(y, None, p)
     if len(np.unique(t)) < 2:
         only = "ALL" if t[0] == LABEL_ALL else "HEM"
         raise DataError(
@@ -98,7 +95,7 @@ def choose_threshold(y_true, p_all, criterion: str = "balanced_accuracy") -> Thr
     """
     if criterion not in CRITERIA:
         raise DataError(f"criterion={criterion!r}: expected one of {CRITERIA}")
-    t, s = _check_pair(y_true, p_all, "y_true", "p_all")
+    t, s = _check_pair(y_true, p_all, "y_true")
     distinct = np.unique(s)
     candidates = np.unique(np.concatenate([[0.0, DEFAULT_THRESHOLD, 1.0], (distinct[1:] + distinct[:-1]) / 2]))
 
@@ -146,10 +143,10 @@ class ProbabilityCalibrator:
     def __init__(self, method: str = "platt"):
         self.method = method
 
-    def fit(self, p_val, y_val) -> ProbabilityCalibrator:
+    def fit(self, p_val, y_val) -> "ProbabilityCalibrator":
         if self.method not in METHODS:
             raise DataError(f"method={self.method!r}: expected one of {METHODS}")
-        y, p = _check_pair(y_val, p_val, "y_val", "p_val")
+        y, p = _check_pair(y_val, p_val, "y_val")
         if self.method == "platt":
             # C=inf: no penalty. Platt's two parameters are the whole model; shrinking the slope towards
             # 0 would pull every probability towards the base rate, which is not what was measured.
@@ -173,9 +170,11 @@ class ProbabilityCalibrator:
 
     def transform(self, p) -> np.ndarray:
         if not hasattr(self, "model_"):
-            raise ModelError(f"ProbabilityCalibrator(method={self.method!r}) is not fitted: call "
-                             "fit(p_val, y_val) on validation cells first")
-        s = _check_scores(p, "p")
+            raise ModelError(
+                f"ProbabilityCalibrator(method={self.method!r}) is not fitted: call "
+                "fit(p_val, y_val) on validation cells first"
+            )
+        s = check_inputs([0] * len(np.asarray(p)), None, p)[2]
         if self.method == "platt":
             return self.model_.predict_proba(_logit(s)[:, None])[:, 1]
         return np.clip(self.model_.predict(s), 0.0, 1.0)
@@ -193,22 +192,24 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def calibration_report(y_true, p_before, p_after, n_bins: int = 10) -> pd.DataFrame:
-    """ECE (:func:`allkit.metrics.expected_calibration_error`, ``n_bins`` equal-width bins) and Brier
+    """ECE (:func:`expected_calibration_error`, ``n_bins`` equal-width bins) and Brier
     score (mean squared error of p(ALL), :func:`sklearn.metrics.brier_score_loss`), lower is better.
 
     ``p_after`` is one array (rows ``before`` and ``after``) or a mapping ``{name: probabilities}`` (one
     row per name after ``before``). Columns: ``ece``, ``brier``, ``mean_p`` (mean predicted probability
     of ALL) and ``n``; ``df.attrs["frac_all"]`` is the observed fraction of ALL cells.
     """
-    t = _check_labels(y_true, "y_true")
+    t = check_inputs(y_true)[0]
     after = dict(p_after) if isinstance(p_after, Mapping) else {"after": p_after}
     rows = {}
     for name, p in {"before": p_before, **after}.items():
-        s = _check_scores(p, f"p_{name}" if name in ("before", "after") else f"p_after[{name!r}]")
-        _check_lengths(y_true=t, **{f"p_{name}": s})
-        rows[name] = {"ece": expected_calibration_error(t, s, n_bins=n_bins),
-                      "brier": float(brier_score_loss(t, s, pos_label=LABEL_ALL)),
-                      "mean_p": float(s.mean()), "n": int(len(s))}
+        s = check_inputs(t, None, p)[2]
+        rows[name] = {
+            "ece": expected_calibration_error(t, s, n_bins=n_bins),
+            "brier": float(brier_score_loss(t, s, pos_label=LABEL_ALL)),
+            "mean_p": float(s.mean()),
+            "n": int(len(s)),
+        }
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "probabilities"
     df.attrs["frac_all"] = float(np.mean(t == LABEL_ALL))
@@ -225,9 +226,58 @@ def scale_pos_weight(y) -> float:
     (about two thirds), so the value is below 1: each ALL cell's gradient is scaled down so that the two
     classes weigh the same in total -- the opposite of the usual "rare positive" use of this knob.
     """
-    t = _check_labels(y, "y")
+    t = check_inputs(y)[0]
     n_pos = int(np.sum(t == LABEL_ALL))
     n_neg = int(np.sum(t == LABEL_HEM))
     if n_pos == 0 or n_neg == 0:
         raise DataError(f"y has {n_pos} ALL and {n_neg} HEM label(s): expected both classes to weigh them")
     return n_neg / n_pos
+
+
+# --------------------------------------------------------------------------------------------------
+# reliability
+# --------------------------------------------------------------------------------------------------
+def _calibration_bins(y_prob: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
+    """Bin index of every probability, exactly as ``sklearn.calibration.calibration_curve`` bins."""
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    elif strategy == "quantile":
+        edges = np.percentile(y_prob, np.linspace(0, 100, n_bins + 1))
+    else:
+        raise DataError(f"strategy={strategy!r}: expected 'uniform' or 'quantile'")
+    return np.searchsorted(edges[1:-1], y_prob)
+
+
+def _check_calibration_args(y_true, y_prob, n_bins):
+    t, _, s, _ = check_inputs(y_true, None, y_prob)
+    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise DataError(f"n_bins={n_bins!r}: expected a positive integer")
+    return t, s
+
+
+def reliability_curve(y_true, y_prob, n_bins: int = 10, strategy: str = "uniform") -> pd.DataFrame:
+    """Reliability-diagram points from ``sklearn.calibration.calibration_curve``.
+
+    One row per non-empty bin: ``mean_predicted`` (mean probability of ALL in the bin),
+    ``fraction_positive`` (observed fraction of ALL cells) and ``count`` (cells in the bin).
+    """
+    t, s = _check_calibration_args(y_true, y_prob, n_bins)
+    bins = _calibration_bins(s, n_bins, strategy)
+    prob_true, prob_pred = calibration_curve(t, s, n_bins=n_bins, strategy=strategy, pos_label=LABEL_ALL)
+    counts = np.bincount(bins, minlength=n_bins)
+    return pd.DataFrame(
+        {"mean_predicted": prob_pred, "fraction_positive": prob_true, "count": counts[counts > 0].astype(int)}
+    )
+
+
+def expected_calibration_error(y_true, y_prob, n_bins: int = 10, strategy: str = "uniform") -> float:
+    """Expected calibration error of the probability of ALL.
+
+    ``ECE = sum_b (n_b / n) * |fraction of ALL in bin b - mean predicted probability in bin b|`` over
+    ``n_bins`` equal-width bins of ``[0, 1]`` (the bins of :func:`reliability_curve`). 0 is perfectly
+    calibrated; over-confident models score higher.
+    """
+    curve = reliability_curve(y_true, y_prob, n_bins=n_bins, strategy=strategy)
+    weights = curve["count"].to_numpy(float)
+    gaps = np.abs(curve["fraction_positive"].to_numpy() - curve["mean_predicted"].to_numpy())
+    return float(np.sum(weights * gaps) / weights.sum())

@@ -7,6 +7,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from allkit.data import find_cnmc_root, load_cnmc
 from allkit.errors import DataError
 
 KAGGLE_HANDLE = "andrewmvd/leukemia-classification"
@@ -15,7 +16,7 @@ To get C-NMC 2019 by hand:
   1. Kaggle: https://www.kaggle.com/datasets/andrewmvd/leukemia-classification -> Download (about 0.9 GB zip),
      or TCIA: https://doi.org/10.7937/tcia.2019.dc64i46r (CC BY 3.0).
   2. Unpack it so that {dest}/C-NMC_Leukemia/training_data/fold_0/all/ exists
-     (python -m allkit data extract ARCHIVE --dest {dest} unpacks safely).
+     (allkit data extract ARCHIVE --dest {dest} unpacks safely).
   3. Point allkit at it: export ALLKIT_DATA={dest}  (or pass --data {dest}).
 With kagglehub, set KAGGLE_USERNAME and KAGGLE_KEY (or ~/.kaggle/kaggle.json) first."""
 
@@ -51,8 +52,6 @@ def safe_extract(archive: str | Path, dest: str | Path) -> Path:
 def download_cnmc(dest: str | Path = "data", *, force: bool = False) -> Path:
     """Download the Kaggle mirror of C-NMC 2019 into ``dest`` and return the folder holding
     ``C-NMC_Leukemia/``. Counts are checked against the public release (a warning on mismatch)."""
-    from allkit.data.discover import find_cnmc_root, load_cnmc
-
     dest = Path(dest).expanduser()
     try:
         find_cnmc_root(dest)
@@ -64,13 +63,15 @@ def download_cnmc(dest: str | Path = "data", *, force: bool = False) -> Path:
     try:
         import kagglehub
     except ImportError:
-        raise DataError('kagglehub is not installed: pip install "allkit[download]".\n'
-                        + MANUAL_STEPS.format(dest=dest)) from None
+        raise DataError(
+            'kagglehub is not installed: pip install "allkit[download]".\n' + MANUAL_STEPS.format(dest=dest)
+        ) from None
     try:
         fetched = Path(kagglehub.dataset_download(KAGGLE_HANDLE, force_download=force))
     except Exception as exc:  # network, credentials, quota: all end in the same manual route
-        raise DataError(f"download of {KAGGLE_HANDLE} failed ({type(exc).__name__}: {exc}).\n"
-                        + MANUAL_STEPS.format(dest=dest)) from None
+        raise DataError(
+            f"download of {KAGGLE_HANDLE} failed ({type(exc).__name__}: {exc}).\n" + MANUAL_STEPS.format(dest=dest)
+        ) from None
     dest.mkdir(parents=True, exist_ok=True)
     archives = [p for p in fetched.rglob("*") if p.suffix in {".zip", ".tar", ".gz", ".tgz"}]
     for archive in archives:

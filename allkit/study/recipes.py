@@ -14,16 +14,15 @@ improved recipe use the same definitions, so the CLI runs what the book measured
   label smoothing 0.1, the weights of the epoch with the lowest validation loss, and test-time
   augmentation over the eight exact flips and quarter turns (no interpolation: the cell is unchanged,
   only its orientation), and a decision threshold on p(ALL) chosen on the validation cells (best balanced
-  accuracy, :func:`allkit.calibration.choose_threshold`) instead of 0.5. Notebook 11 shows which of these
+  accuracy, :func:`allkit.study.calibration.choose_threshold`) instead of 0.5. Notebook 11 shows which of these
   the test-set gain comes from: on the fold-1 sample, almost all of it is the threshold.
 """
 
-from __future__ import annotations
-
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from allkit.constants import FLIP_PROBABILITY, LEARNING_RATE, ROTATION_DEGREES
-from allkit.errors import AllkitError
+from allkit.errors import ConfigError
+from allkit.transforms import BatchAugment
 
 THRESHOLDS = ("argmax", "validation")
 
@@ -55,31 +54,47 @@ class Recipe:
 
     def trainer_kwargs(self) -> dict:
         """Keyword arguments of :class:`allkit.train.Trainer` this recipe sets (not normalisation)."""
-        from allkit.transforms import BatchAugment
-
-        paper_augment = (self.flip_probability == FLIP_PROBABILITY and self.rotation_degrees == ROTATION_DEGREES)
-        augment = True if paper_augment else BatchAugment(p_hflip=self.flip_probability,
-                                                          p_vflip=self.flip_probability,
-                                                          degrees=self.rotation_degrees)
-        return {"optimizer": self.optimizer, "lr": self.lr, "lr_schedule": self.lr_schedule,
-                "warmup_epochs": self.warmup_epochs, "label_smoothing": self.label_smoothing,
-                "class_weight": self.class_weight, "keep_best": self.keep_best, "augment": augment}
+        paper_augment = self.flip_probability == FLIP_PROBABILITY and self.rotation_degrees == ROTATION_DEGREES
+        augment = (
+            True
+            if paper_augment
+            else BatchAugment(
+                p_hflip=self.flip_probability, p_vflip=self.flip_probability, degrees=self.rotation_degrees
+            )
+        )
+        return {
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "lr_schedule": self.lr_schedule,
+            "warmup_epochs": self.warmup_epochs,
+            "label_smoothing": self.label_smoothing,
+            "class_weight": self.class_weight,
+            "keep_best": self.keep_best,
+            "augment": augment,
+        }
 
     def __post_init__(self):
         if self.threshold not in THRESHOLDS:
-            raise AllkitError(f"recipe {self.name!r}: threshold={self.threshold!r}; expected one of {THRESHOLDS}")
+            raise ConfigError(f"recipe {self.name!r}: threshold={self.threshold!r}; expected one of {THRESHOLDS}")
 
-    def with_overrides(self, **overrides) -> Recipe:
-        from dataclasses import replace
-
+    def with_overrides(self, **overrides) -> "Recipe":
         return replace(self, **overrides)
 
 
 RECIPES = {
     "paper": Recipe(name="paper"),
-    "improved": Recipe(name="improved", normalize=True, lr_schedule="cosine", warmup_epochs=0.5,
-                       flip_probability=0.5, rotation_degrees=180.0, label_smoothing=0.1, keep_best=True,
-                       tta=True, threshold="validation"),
+    "improved": Recipe(
+        name="improved",
+        normalize=True,
+        lr_schedule="cosine",
+        warmup_epochs=0.5,
+        flip_probability=0.5,
+        rotation_degrees=180.0,
+        label_smoothing=0.1,
+        keep_best=True,
+        tta=True,
+        threshold="validation",
+    ),
 }
 
 
@@ -88,5 +103,5 @@ def get_recipe(recipe: str | Recipe | None = None) -> Recipe:
         return recipe
     name = recipe or "paper"
     if name not in RECIPES:
-        raise AllkitError(f"recipe {name!r} is unknown; expected one of {', '.join(RECIPES)}")
+        raise ConfigError(f"recipe {name!r} is unknown; expected one of {', '.join(RECIPES)}")
     return RECIPES[name]

@@ -9,13 +9,12 @@ A :class:`Variant` names the choices (recipe, split, head, normalisation, class 
 
 ``key`` hashes everything the result depends on (variant, recipe, profile, data folder), so a changed
 choice is a new experiment and a finished one is never recomputed. Outputs of extra views (the eight
-dihedral views, the authors' random test-time views) are computed the first time they are asked for.
+views of :func:`allkit.transforms.dihedral`, the authors' random test-time views of
+:class:`allkit.study.views.RandomViews`) are computed the first time they are asked for.
 
 The notebooks ``09``–``11`` and ``allkit experiments`` call these functions; the training seed varies
 the fine-tune only (shuffling, augmentation, dropout), never the split.
 """
-
-from __future__ import annotations
 
 import hashlib
 import json
@@ -26,11 +25,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import softmax
 
-from allkit.atomic import atomic_file, read_json, torch_save, write_json
-from allkit.errors import AllkitError
-from allkit.profiles import Profile, get_profile
-from allkit.recipes import Recipe, get_recipe
+from allkit.errors import AllkitError, ConfigError
+from allkit.files import atomic_file, read_json, write_json
+from allkit.hybrid import HybridClassifier
+from allkit.metrics import evaluate_with_ci
+from allkit.models import build_model
+from allkit.study import workspace
+from allkit.study.profiles import Profile, get_profile
+from allkit.study.recipes import Recipe, get_recipe
+from allkit.study.run import Prepared, finetune, prepare
+from allkit.study.views import features_and_logits
 
 FORMAT = 1
 SPLITS = ("subject", "image")
@@ -59,9 +65,9 @@ class Variant:
 
     def __post_init__(self):
         if self.split not in SPLITS:
-            raise AllkitError(f"variant {self.name!r}: split={self.split!r}; expected one of {SPLITS}")
+            raise ConfigError(f"variant {self.name!r}: split={self.split!r}; expected one of {SPLITS}")
         if self.head not in HEADS:
-            raise AllkitError(f"variant {self.name!r}: head={self.head!r}; expected one of {HEADS}")
+            raise ConfigError(f"variant {self.name!r}: head={self.head!r}; expected one of {HEADS}")
         get_recipe(self.recipe)
 
 
@@ -78,24 +84,15 @@ def _resolved(variant: Variant, profile: Profile) -> tuple[Recipe, Profile, int]
 
 
 def _key(variant: Variant, recipe: Recipe, profile: Profile, seed: int, data: str) -> str:
-    payload = {"format": FORMAT, "variant": {k: v for k, v in asdict(variant).items() if k != "name"},
-               "recipe": recipe.training_dict(), "profile": profile.to_dict(), "seed": seed, "data": data}
+    payload = {
+        "format": FORMAT,
+        "variant": {k: v for k, v in asdict(variant).items() if k != "name"},
+        "recipe": recipe.training_dict(),
+        "profile": profile.to_dict(),
+        "seed": seed,
+        "data": data,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _image_split(profile: Profile):
-    """The leaky by-image split with the subject split's part sizes, so only *how* cells are split differs."""
-    from allkit.data import make_split
-    from allkit.data.splits import split_cells
-
-    def split(frame: pd.DataFrame):
-        safe = make_split(frame, "subject", seed=profile.seed, val_size=profile.val_size,
-                          test_size=profile.test_size)
-        n = len(frame)
-        return split_cells(frame, by="image", val_size=len(safe.val) / n, test_size=len(safe.test) / n,
-                           seed=profile.seed, leaky=True)
-
-    return split
 
 
 @dataclass
@@ -108,7 +105,7 @@ class VariantRun:
     seed: int
     dir: Path
     meta: dict
-    prepared: object = None
+    prepared: Prepared | None = None
     model: torch.nn.Module | None = None
     _hybrids: dict = field(default_factory=dict, repr=False)
 
@@ -125,24 +122,21 @@ class VariantRun:
     def n_outputs(self) -> int:
         return 1000 if self.variant.head == "imagenet" else 2
 
-    def _ensure_loaded(self, progress: bool = False) -> None:
-        if self.prepared is not None and self.model is not None:
-            return
-        from allkit.models import build_model
-        from allkit.pipeline import prepare
-
-        split = _image_split(self.profile) if self.variant.split == "image" else None
-        self.prepared, _ = prepare(self.profile, self.meta["run_card"]["data"], backbone=self.backbone,
-                                   weights="random", progress=progress, split=split)
-        model = build_model(self.backbone, None, num_classes=self.n_outputs)
-        model.load_state_dict(torch.load(self.dir / "cnn.pt", map_location="cpu", weights_only=True))
-        self.model = model.eval()
+    def ensure_loaded(self, progress: bool = False) -> "VariantRun":
+        """Rebuild the data (same profile, data and seed: the same split and cells) and load the fine-tuned
+        CNN from ``cnn.pt``; nothing is trained."""
+        if self.prepared is None or self.model is None:
+            self.prepared, _ = prepare(
+                self.profile, self.meta["run_card"]["data"], backbone=self.backbone, weights="random", progress=progress
+            )  # random weights: no download; the fine-tuned ones are loaded next
+            self.model = build_model(self.backbone, self.dir / "cnn.pt", num_classes=self.n_outputs).eval()
+        return self
 
     def frame(self, split: str) -> pd.DataFrame:
         path = self.dir / "outputs" / f"{split}.frame.json"
         if path.is_file():
             return pd.read_json(path, orient="records", dtype={"subject": str})
-        self._ensure_loaded()
+        self.ensure_loaded()
         frame = self.prepared.datasets[split].frame[["path", "subject", "label"]].copy()
         frame["path"] = frame["path"].astype(str)
         with atomic_file(path, "w") as handle:
@@ -155,25 +149,28 @@ class VariantRun:
     # ------------------------------------------------------------------ raw outputs
     def outputs(self, split: str, view: str = "plain", *, progress: bool = False) -> np.ndarray:
         """``[features | logits]`` of ``split``'s cells: ``view`` is ``"plain"``, ``"random"`` (the authors'
-        random test-time augmentation, seeded) or ``"d4-<i>"`` (dihedral view i of 8)."""
-        from allkit.tta import extract
-
+        random test-time augmentation, seeded) or ``"d4-<i>"`` (view i of :func:`allkit.transforms.dihedral`)."""
         path = self.dir / "outputs" / f"{split}.{view}.npy"
         if path.is_file():
             return np.load(path, allow_pickle=False)
-        self._ensure_loaded()
-        dataset = self.prepared.datasets[split]
-        kwargs = {"normalize": self.prepared.normalize, "batch_size": self.profile.batch_size,
-                  "device": self.prepared.device, "progress": progress}
-        if view == "plain":
-            out = extract(self.model, self.backbone, dataset, **kwargs)
-        elif view == "random":
-            out = extract(self.model, self.backbone, dataset, random_seed=self.seed, **kwargs)
+        if view in ("plain", "random"):
+            dihedral = 0
         elif view.startswith("d4-") and view[3:].isdigit() and 0 <= int(view[3:]) < 8:
-            out = extract(self.model, self.backbone, dataset, view=int(view[3:]), **kwargs)
+            dihedral = int(view[3:])
         else:
-            raise AllkitError(f"view {view!r}; expected 'plain', 'random' or 'd4-0' ... 'd4-7'")
-        path.parent.mkdir(parents=True, exist_ok=True)
+            raise ConfigError(f"view {view!r}; expected 'plain', 'random' or 'd4-0' ... 'd4-7'")
+        self.ensure_loaded()
+        out = features_and_logits(
+            self.model,
+            self.backbone,
+            self.prepared.datasets[split],
+            view=dihedral,
+            random_seed=self.seed if view == "random" else None,
+            normalize=self.prepared.normalize,
+            batch_size=self.profile.batch_size,
+            device=self.prepared.device,
+            progress=progress,
+        )
         with atomic_file(path, "wb") as handle:
             np.save(handle, out, allow_pickle=False)
         return out
@@ -185,79 +182,106 @@ class VariantRun:
             return ["random"]
         if kind == "tta":
             return ["plain"] + [f"d4-{i}" for i in range(1, 8)]
-        raise AllkitError(f"kind {kind!r}; expected one of {KINDS}")
+        raise ConfigError(f"kind {kind!r}; expected one of {KINDS}")
 
-    def _split_outputs(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return out[:, :-self.n_outputs], out[:, -self.n_outputs:]
+    def features(self, split: str, view: str = "plain", *, progress: bool = False) -> np.ndarray:
+        """The pooled features (the head's input) of :meth:`outputs`."""
+        return self.outputs(split, view, progress=progress)[:, : -self.n_outputs]
+
+    def logits(self, split: str, view: str = "plain", *, progress: bool = False) -> np.ndarray:
+        """The head's outputs (2, or 1000 with the kept ImageNet head) of :meth:`outputs`."""
+        return self.outputs(split, view, progress=progress)[:, -self.n_outputs :]
 
     # ------------------------------------------------------------------ probabilities
     def cnn_proba(self, split: str, kind: str = "plain", *, progress: bool = False) -> np.ndarray:
         """The CNN alone: ``[HEM, ALL]`` probabilities (softmax of the HEM and ALL outputs; with the kept
         ImageNet head, of its outputs 0 and 1), averaged over the views of ``kind``."""
-        from allkit.tta import softmax
-
-        probas = [softmax(self._split_outputs(self.outputs(split, v, progress=progress))[1][:, :2])
-                  for v in self._views(kind)]
+        probas = [
+            softmax(self.logits(split, v, progress=progress)[:, :2].astype(np.float64), axis=1)
+            for v in self._views(kind)
+        ]
         return np.mean(probas, axis=0).astype(np.float32)
 
     def hybrid(self, source: str = "features", xgb_params: dict | None = None):
         """XGBoost (the profile's eta and rounds) fitted on the training cells' plain ``source``
         (``"features"`` or ``"logits"``) of this CNN."""
-        from allkit.hybrid import HybridClassifier
-
         key = (source, json.dumps(xgb_params or {}, sort_keys=True))
         if key not in self._hybrids:
-            self._ensure_loaded()
-            features, logits = self._split_outputs(self.outputs("train", "plain"))
-            X = features if source == "features" else logits
+            self.ensure_loaded()
+            X = self.features("train") if source == "features" else self.logits("train")
             p = self.profile
-            hybrid = HybridClassifier(backbone=self.backbone, cnn=self.model, feature_source=source,
-                                      normalize=self.prepared.normalize, eta=p.xgb_eta,
-                                      n_estimators=p.xgb_estimators, seed=self.seed, xgb_params=xgb_params,
-                                      device="cpu", progress=False)
+            hybrid = HybridClassifier(
+                backbone=self.backbone,
+                cnn=self.model,
+                feature_source=source,
+                normalize=self.prepared.normalize,
+                eta=p.xgb_eta,
+                n_estimators=p.xgb_estimators,
+                seed=self.seed,
+                xgb_params=xgb_params,
+                device="cpu",
+                progress=False,
+            )
             self._hybrids[key] = hybrid.fit(X, self.labels("train"))
         return self._hybrids[key]
 
-    def hybrid_proba(self, split: str, kind: str = "plain", *, source: str = "features",
-                     xgb_params: dict | None = None, progress: bool = False) -> np.ndarray:
+    def hybrid_proba(
+        self,
+        split: str,
+        kind: str = "plain",
+        *,
+        source: str = "features",
+        xgb_params: dict | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
         """The hybrid's ``[HEM, ALL]`` probabilities, averaged over the views of ``kind``."""
         hybrid = self.hybrid(source, xgb_params)
         probas = []
         for v in self._views(kind):
-            features, logits = self._split_outputs(self.outputs(split, v, progress=progress))
-            probas.append(hybrid.predict_proba(features if source == "features" else logits))
+            outputs = self.features if source == "features" else self.logits
+            probas.append(hybrid.predict_proba(outputs(split, v, progress=progress)))
         return np.mean(probas, axis=0).astype(np.float32)
 
 
-def run_variant(variant: Variant, profile: Profile | str | None = None, data=None, *,
-                runs_dir: str | os.PathLike | None = None, progress: bool = True) -> VariantRun:
-    """Fine-tune ``variant`` (or load it if this exact experiment is already on disk)."""
-    from allkit.data import resolve_data_root
-    from allkit.models import build_model
-    from allkit.pipeline import RUNS_DIR, finetune_with, prepare
-
+def run_variant(
+    variant: Variant,
+    profile: Profile | str | None = None,
+    data=None,
+    *,
+    runs_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> VariantRun:
+    """Fine-tune ``variant`` (or load it if this exact experiment is already on disk). ``runs_dir``:
+    default :func:`allkit.study.workspace.runs_dir`."""
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     recipe, prof, seed = _resolved(variant, profile)
-    root, _ = resolve_data_root(data)
+    root, _ = workspace.data_root(data)
     key = _key(variant, recipe, prof, seed, str(root))
-    base = Path(runs_dir or os.environ.get("ALLKIT_RUNS") or RUNS_DIR) / profile.name / "experiments"
+    base = Path(runs_dir or workspace.runs_dir()) / profile.name / "experiments"
     folder = base / f"{variant.name}-{key[:10]}"
     meta_path = folder / "meta.json"
     if meta_path.is_file() and (folder / "cnn.pt").is_file():
         meta = read_json(meta_path, AllkitError, f"; delete {folder} to run the variant again")
         return VariantRun(variant, recipe, prof, seed, folder, meta)
 
-    split = _image_split(prof) if variant.split == "image" else None
-    prepared, model = prepare(prof, root, progress=progress, split=split, init_seed=seed)
+    prepared, model = prepare(prof, root, progress=progress, init_seed=seed)  # prof.split "image": leaky
     if variant.head == "imagenet":
         model = build_model(prepared.backbone, prepared.weights, num_classes=1000)
-    folder.mkdir(parents=True, exist_ok=True)
-    trainer = finetune_with(prepared, model, recipe, seed=seed, progress=progress)
-    torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "cnn.pt")
-    meta = {"variant": asdict(variant), "recipe": recipe.to_dict(), "profile": prof.to_dict(), "seed": seed,
-            "key": key, "run_card": prepared.card(), "notes": prepared.notes, "history": trainer.history_,
-            "best_epoch": trainer.best_epoch_}
-    write_json(meta_path, meta, indent=2, default=str)
+    trainer = finetune(prepared, model, recipe, seed=seed, progress=progress)
+    with atomic_file(folder / "cnn.pt") as handle:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
+    meta = {
+        "variant": asdict(variant),
+        "recipe": recipe.to_dict(),
+        "profile": prof.to_dict(),
+        "seed": seed,
+        "key": key,
+        "run_card": prepared.card(),
+        "notes": prepared.notes,
+        "history": trainer.history_,
+        "best_epoch": trainer.best_epoch_,
+    }
+    write_json(meta_path, meta, default=str)
     run = VariantRun(variant, recipe, prof, seed, folder, meta, prepared, model.eval())
     for split_name in ("train", "val", "test"):  # what every analysis needs, while the model is loaded
         run.frame(split_name)
@@ -266,6 +290,7 @@ def run_variant(variant: Variant, profile: Profile | str | None = None, data=Non
 
 
 # ---------------------------------------------------------------------------------------------- the study
+
 
 def study_variants(seeds=(42,)) -> list[Variant]:
     """Every fine-tune the book's notebooks 09-11 use (``seeds``: the paper and improved recipes' seeds)."""
@@ -278,20 +303,20 @@ def study_variants(seeds=(42,)) -> list[Variant]:
         Variant("class-weighted", class_weight="balanced"),
     ]
     for seed in seeds[1:]:
-        variants += [Variant(f"paper-seed{seed}", seed=seed), Variant(f"improved-seed{seed}", recipe="improved",
-                                                                      seed=seed)]
+        variants += [
+            Variant(f"paper-seed{seed}", seed=seed),
+            Variant(f"improved-seed{seed}", recipe="improved", seed=seed),
+        ]
     return variants
 
 
-def score(frame: pd.DataFrame, proba: np.ndarray, *, threshold: float = 0.5, n_boot: int = 1000,
-          seed: int = 0) -> dict:
+def score(frame: pd.DataFrame, proba: np.ndarray, *, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0) -> dict:
     """Accuracy, weighted F1 and ROC AUC with 95% subject-bootstrap intervals (ALL when p > threshold)."""
-    from allkit.metrics import evaluate_with_ci
-
     p_all = np.asarray(proba)[:, 1] if np.ndim(proba) == 2 else np.asarray(proba)
     y_pred = (p_all > threshold).astype(int)
-    return evaluate_with_ci(frame["label"].to_numpy(), y_pred, frame["subject"].to_numpy(), y_score=p_all,
-                            n_boot=n_boot, seed=seed)
+    return evaluate_with_ci(
+        frame["label"].to_numpy(), y_pred, frame["subject"].to_numpy(), y_score=p_all, n_boot=n_boot, seed=seed
+    )
 
 
 def score_row(name: str, frame: pd.DataFrame, proba: np.ndarray, **kwargs) -> dict:
@@ -309,6 +334,7 @@ def score_row(name: str, frame: pd.DataFrame, proba: np.ndarray, **kwargs) -> di
 
 def format_rows(rows: list[dict], decimals: int = 3) -> pd.DataFrame:
     """Rows of :func:`score_row` as a display table: ``0.452 [0.315, 0.541]`` per metric."""
+
     def cell(row, metric):
         value, low, high = row.get(metric), row.get(f"{metric}_low"), row.get(f"{metric}_high")
         if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -317,11 +343,13 @@ def format_rows(rows: list[dict], decimals: int = 3) -> pd.DataFrame:
             return f"{value:.{decimals}f}"
         return f"{value:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
 
-    table = pd.DataFrame({
-        "setting": [r["setting"] for r in rows],
-        "accuracy [95% CI]": [cell(r, "accuracy") for r in rows],
-        "weighted F1 [95% CI]": [cell(r, "weighted_f1") for r in rows],
-        "ROC AUC [95% CI]": [cell(r, "roc_auc") for r in rows],
-        "cells": [r["n"] for r in rows],
-    })
+    table = pd.DataFrame(
+        {
+            "setting": [r["setting"] for r in rows],
+            "accuracy [95% CI]": [cell(r, "accuracy") for r in rows],
+            "weighted F1 [95% CI]": [cell(r, "weighted_f1") for r in rows],
+            "ROC AUC [95% CI]": [cell(r, "roc_auc") for r in rows],
+            "cells": [r["n"] for r in rows],
+        }
+    )
     return table.set_index("setting")

@@ -11,15 +11,18 @@ each choice's own effect:
 (d) Grad-CAM computed for ImageNet class 181 instead of ALL or HEM (:func:`class_181_gradcam`);
 (e) no ImageNet normalisation of the input.
 
-Inputs are :class:`allkit.experiments.VariantRun` objects (see ``allkit.experiments.study_variants``).
+Inputs are :class:`allkit.study.experiments.VariantRun` objects (see
+``allkit.study.experiments.study_variants``).
 """
-
-from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from allkit.experiments import VariantRun, score_row
+from allkit.errors import ConfigError
+from allkit.explain import GradCamResult, gradcam
+from allkit.models import get_backbone
+from allkit.study.experiments import VariantRun, score_row
 
 IMAGENET_CLASS_181 = 181
 
@@ -32,11 +35,19 @@ CHOICES = {
 }
 
 
-def authors_code_rows(correct: VariantRun, authors_head: VariantRun, no_normalization: VariantRun, *,
-                      split: str = "test", n_boot: int = 1000, seed: int = 0, model: str = "hybrid") -> list[dict]:
+def authors_code_rows(
+    correct: VariantRun,
+    authors_head: VariantRun,
+    no_normalization: VariantRun,
+    *,
+    split: str = "test",
+    n_boot: int = 1000,
+    seed: int = 0,
+    model: str = "hybrid",
+) -> list[dict]:
     """Scores on ``split`` with each of the authors' choices (a), (b), (e) against the correct one:
     accuracy, weighted F1 and ROC AUC with 95% subject-bootstrap intervals (rows of
-    :func:`allkit.experiments.score_row`, with a ``choice`` key). ``model``: ``"hybrid"`` (for (b), XGBoost
+    :func:`allkit.study.experiments.score_row`, with a ``choice`` key). ``model``: ``"hybrid"`` (for (b), XGBoost
     on the kept head's 1000 logits) or ``"cnn"`` (the CNN alone; for (b), the kept ImageNet head scored on
     its outputs 0 and 1)."""
     if model == "hybrid":
@@ -50,12 +61,18 @@ def authors_code_rows(correct: VariantRun, authors_head: VariantRun, no_normaliz
         def proba(run: VariantRun, kind: str) -> np.ndarray:
             return run.cnn_proba(split, kind)
     else:
-        raise ValueError(f"model={model!r}; expected 'hybrid' or 'cnn'")
+        raise ConfigError(f"model={model!r}; expected 'hybrid' or 'cnn'")
     names.update(a=f"(a) {CHOICES['a']}", e=f"(e) {CHOICES['e']}")
-    settings = [("-", correct, "plain"), ("a", correct, "random"), ("b", authors_head, "plain"),
-                ("e", no_normalization, "plain")]
-    return [{**score_row(names[choice], run.frame(split), proba(run, kind), n_boot=n_boot, seed=seed),
-             "choice": choice} for choice, run, kind in settings]
+    settings = [
+        ("-", correct, "plain"),
+        ("a", correct, "random"),
+        ("b", authors_head, "plain"),
+        ("e", no_normalization, "plain"),
+    ]
+    return [
+        {**score_row(names[choice], run.frame(split), proba(run, kind), n_boot=n_boot, seed=seed), "choice": choice}
+        for choice, run, kind in settings
+    ]
 
 
 def cnn_rows(correct: VariantRun, authors_head: VariantRun, no_normalization: VariantRun, **kwargs) -> list[dict]:
@@ -66,8 +83,7 @@ def cnn_rows(correct: VariantRun, authors_head: VariantRun, no_normalization: Va
 def outside_binary(run: VariantRun, split: str = "test") -> float:
     """Fraction of cells whose argmax over the kept 1000-output head is neither output 0 nor 1: what the
     authors' CNN-alone accuracy counts as wrong whatever the cell."""
-    _, logits = run._split_outputs(run.outputs(split))
-    return float(np.mean(logits.argmax(axis=1) >= 2))
+    return float(np.mean(run.logits(split).argmax(axis=1) >= 2))
 
 
 def unseeded_split_spread(run: VariantRun, *, n_draws: int = 20, source: str = "hybrid") -> pd.DataFrame:
@@ -80,8 +96,6 @@ def unseeded_split_spread(run: VariantRun, *, n_draws: int = 20, source: str = "
     ``val_accuracy`` on its validation half, ``shared_subjects`` (subjects with cells in both halves) and
     ``test_cells``.
     """
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-
     frames, probas = [], []
     for split in ("val", "test"):
         frames.append(run.frame(split))
@@ -96,16 +110,19 @@ def unseeded_split_spread(run: VariantRun, *, n_draws: int = 20, source: str = "
         half = len(frame) // 2
         val_idx, test_idx = order[:half], order[half:]
         shared = set(frame["subject"].iloc[val_idx]) & set(frame["subject"].iloc[test_idx])
-        rows.append({
-            "draw": draw,
-            "accuracy": float(accuracy_score(y[test_idx], pred[test_idx])),
-            "weighted_f1": float(f1_score(y[test_idx], pred[test_idx], average="weighted")),
-            "roc_auc": float(roc_auc_score(y[test_idx], p_all[test_idx])) if len(set(y[test_idx])) == 2
-            else float("nan"),
-            "val_accuracy": float(accuracy_score(y[val_idx], pred[val_idx])),
-            "shared_subjects": len(shared),
-            "test_cells": len(test_idx),
-        })
+        rows.append(
+            {
+                "draw": draw,
+                "accuracy": float(accuracy_score(y[test_idx], pred[test_idx])),
+                "weighted_f1": float(f1_score(y[test_idx], pred[test_idx], average="weighted")),
+                "roc_auc": float(roc_auc_score(y[test_idx], p_all[test_idx]))
+                if len(set(y[test_idx])) == 2
+                else float("nan"),
+                "val_accuracy": float(accuracy_score(y[val_idx], pred[val_idx])),
+                "shared_subjects": len(shared),
+                "test_cells": len(test_idx),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -121,18 +138,27 @@ def spread_row(spread: pd.DataFrame, name: str) -> dict:
     return row
 
 
-def leakage_rows(subject_run: VariantRun, image_run: VariantRun, *, n_boot: int = 1000,
-                 seed: int = 0) -> list[dict]:
+def leakage_rows(subject_run: VariantRun, image_run: VariantRun, *, n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """The same recipe, the same cells, split by subject (honest) or by image (leaky): CNN and hybrid on
     each split's test part, with 95% subject-bootstrap intervals."""
     kw = {"n_boot": n_boot, "seed": seed}
     rows = []
     for label, run in (("by subject", subject_run), ("by image (leaky)", image_run)):
         frame = run.frame("test")
-        rows.append({**score_row(f"CNN alone, split {label}", frame, run.cnn_proba("test"), **kw),
-                     "split": label, "model": "CNN"})
-        rows.append({**score_row(f"hybrid, split {label}", frame, run.hybrid_proba("test"), **kw),
-                     "split": label, "model": "hybrid"})
+        rows.append(
+            {
+                **score_row(f"CNN alone, split {label}", frame, run.cnn_proba("test"), **kw),
+                "split": label,
+                "model": "CNN",
+            }
+        )
+        rows.append(
+            {
+                **score_row(f"hybrid, split {label}", frame, run.hybrid_proba("test"), **kw),
+                "split": label,
+                "model": "hybrid",
+            }
+        )
     return rows
 
 
@@ -143,32 +169,36 @@ def split_overlap(run: VariantRun) -> pd.DataFrame:
     for split in ("train", "val", "test"):
         frame = run.frame(split)
         subjects = set(frame["subject"])
-        rows.append({"part": split, "cells": len(frame), "subjects": len(subjects),
-                     "subjects also in train": len(subjects & train_subjects) if split != "train" else "-"})
+        rows.append(
+            {
+                "part": split,
+                "cells": len(frame),
+                "subjects": len(subjects),
+                "subjects also in train": len(subjects & train_subjects) if split != "train" else "-",
+            }
+        )
     return pd.DataFrame(rows).set_index("part")
 
 
 def imagenet_class_name(index: int) -> str:
     """ImageNet-1k class name from torchvision's weight metadata (shipped with torchvision, no download)."""
-    from torchvision.models import EfficientNet_B0_Weights
-
-    return EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"][index]
+    return get_backbone("efficientnet_b0").imagenet_weights().meta["categories"][index]
 
 
-def class_181_gradcam(run: VariantRun, *, n_per_class: int = 3, split: str = "test"):
+def class_181_gradcam(
+    run: VariantRun, *, n_per_class: int = 3, split: str = "test"
+) -> tuple[GradCamResult, GradCamResult]:
     """Choice (d): Grad-CAM of the kept-ImageNet-head model for class 181 (the authors' target) and for the
     cell's true class, on the same cells. Returns ``(result_181, result_true)``
     (:class:`allkit.explain.GradCamResult`)."""
-    from allkit.explain import gradcam
-
-    run._ensure_loaded()
+    run.ensure_loaded()
     dataset = run.prepared.datasets[split]
     frame = dataset.frame
     picks = pd.concat([g.head(n_per_class) for _, g in frame.groupby("label")]).index.to_numpy()
     images = dataset.__getitems__(picks)[0]
     labels = frame.loc[picks, "label"].to_numpy()
-    kw = {"normalize": run.prepared.normalize, "device": run.prepared.device}
-    authors = gradcam(run.model, run.backbone, images, target=IMAGENET_CLASS_181, labels=labels, **kw)
+    normalize = run.prepared.normalize
+    authors = gradcam(run.model, run.backbone, images, IMAGENET_CLASS_181, labels, normalize=normalize)
     # class indices, not "true": on a 1000-output head outputs 0 and 1 are what fine-tuning made HEM and ALL
-    correct = gradcam(run.model, run.backbone, images, target=[int(v) for v in labels], labels=labels, **kw)
+    correct = gradcam(run.model, run.backbone, images, [int(v) for v in labels], labels, normalize=normalize)
     return authors, correct

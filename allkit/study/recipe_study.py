@@ -6,13 +6,14 @@ paper's, on the same subject-wise split, and both are scored once on the **test*
 (:func:`comparison_rows`, :func:`summary`).
 """
 
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
+from sklearn.metrics import accuracy_score, roc_auc_score
 
-from allkit.experiments import VariantRun, score_row
-from allkit.profiles import Profile
+from allkit.errors import ConfigError
+from allkit.study.calibration import choose_threshold
+from allkit.study.experiments import Variant, VariantRun, score_row
+from allkit.study.profiles import Profile
 
 
 def study_seeds(profile: Profile, n: int | None = None) -> tuple[int, ...]:
@@ -24,11 +25,9 @@ def study_seeds(profile: Profile, n: int | None = None) -> tuple[int, ...]:
     return tuple(profile.seed + i for i in range(n))
 
 
-def recipe_variant(recipe: str, seed: int, profile: Profile):
-    """The :class:`allkit.experiments.Variant` of ``recipe`` at training ``seed`` (named as in
-    :func:`allkit.experiments.study_variants`, so the same fine-tune is found on disk)."""
-    from allkit.experiments import Variant
-
+def recipe_variant(recipe: str, seed: int, profile: Profile) -> Variant:
+    """The :class:`allkit.study.experiments.Variant` of ``recipe`` at training ``seed`` (named as in
+    :func:`allkit.study.experiments.study_variants`, so the same fine-tune is found on disk)."""
     name = recipe if seed == profile.seed else f"{recipe}-seed{seed}"
     return Variant(name, recipe=recipe, seed=None if seed == profile.seed else seed)
 
@@ -41,16 +40,13 @@ def predict(run: VariantRun, split: str, *, model: str = "hybrid", tta: bool | N
         return run.hybrid_proba(split, kind)
     if model == "cnn":
         return run.cnn_proba(split, kind)
-    raise ValueError(f"model={model!r}; expected 'hybrid' or 'cnn'")
+    raise ConfigError(f"model={model!r}; expected 'hybrid' or 'cnn'")
 
 
-def threshold_for(run: VariantRun, *, model: str = "hybrid", tta: bool | None = None,
-                  rule: str | None = None) -> float:
+def threshold_for(run: VariantRun, *, model: str = "hybrid", tta: bool | None = None, rule: str | None = None) -> float:
     """The decision threshold on P(ALL) the run's recipe prescribes (``rule`` overrides it): 0.5 for
     ``"argmax"``, or the one with the best balanced accuracy on the **validation** cells for
-    ``"validation"`` (:func:`allkit.calibration.choose_threshold`)."""
-    from allkit.calibration import choose_threshold
-
+    ``"validation"`` (:func:`allkit.study.calibration.choose_threshold`)."""
     rule = rule or run.recipe.threshold
     if rule == "argmax":
         return 0.5
@@ -65,11 +61,18 @@ def selection_rows(paper: VariantRun, improved: VariantRun, *, n_boot: int = 100
         frame = run.frame("val")
         for model in ("cnn", "hybrid"):
             for tta in (False, True):
-                name = f"{fine_tune} fine-tune, {'hybrid' if model == 'hybrid' else 'CNN alone'}, " \
-                       f"{'8 dihedral views' if tta else 'one view'}"
-                rows.append({**score_row(name, frame, predict(run, "val", model=model, tta=tta), n_boot=n_boot,
-                                         seed=seed),
-                             "fine_tune": fine_tune, "model": model, "tta": tta})
+                name = (
+                    f"{fine_tune} fine-tune, {'hybrid' if model == 'hybrid' else 'CNN alone'}, "
+                    f"{'8 dihedral views' if tta else 'one view'}"
+                )
+                rows.append(
+                    {
+                        **score_row(name, frame, predict(run, "val", model=model, tta=tta), n_boot=n_boot, seed=seed),
+                        "fine_tune": fine_tune,
+                        "model": model,
+                        "tta": tta,
+                    }
+                )
     return rows
 
 
@@ -80,17 +83,35 @@ def best_on_validation(rows: list[dict], model: str = "hybrid") -> dict:
     return max(candidates, key=lambda r: (r["accuracy"], not r["tta"]))
 
 
-def comparison_rows(paper_runs: list[VariantRun], improved_runs: list[VariantRun], *, split: str = "test",
-                    model: str = "hybrid", n_boot: int = 1000, seed: int = 0) -> list[dict]:
+def comparison_rows(
+    paper_runs: list[VariantRun],
+    improved_runs: list[VariantRun],
+    *,
+    split: str = "test",
+    model: str = "hybrid",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[dict]:
     """Per training seed, each recipe as it is defined (the improved one with its test-time views)."""
     rows = []
     for recipe, runs in (("paper", paper_runs), ("improved", improved_runs)):
         for run in runs:
             threshold = threshold_for(run, model=model)
-            rows.append({**score_row(f"{recipe} recipe, seed {run.seed}", run.frame(split),
-                                     predict(run, split, model=model), threshold=threshold, n_boot=n_boot,
-                                     seed=seed),
-                         "recipe": recipe, "seed": run.seed, "threshold": threshold})
+            rows.append(
+                {
+                    **score_row(
+                        f"{recipe} recipe, seed {run.seed}",
+                        run.frame(split),
+                        predict(run, split, model=model),
+                        threshold=threshold,
+                        n_boot=n_boot,
+                        seed=seed,
+                    ),
+                    "recipe": recipe,
+                    "seed": run.seed,
+                    "threshold": threshold,
+                }
+            )
     return rows
 
 
@@ -102,13 +123,12 @@ ABLATION = (  # (name, fine-tune, test-time views, threshold rule)
 )
 
 
-def ablation(paper_runs: list[VariantRun], improved_runs: list[VariantRun], *, split: str = "test",
-             model: str = "hybrid") -> pd.DataFrame:
+def ablation(
+    paper_runs: list[VariantRun], improved_runs: list[VariantRun], *, split: str = "test", model: str = "hybrid"
+) -> pd.DataFrame:
     """Where a gain comes from: mean accuracy and ROC AUC over seeds on ``split`` of the paper recipe, the
     paper recipe with the validation threshold, the improved fine-tune and views at 0.5, and the whole
     improved recipe."""
-    from sklearn.metrics import accuracy_score, roc_auc_score
-
     runs = {"paper": paper_runs, "improved": improved_runs}
     rows = []
     for name, fine_tune, tta, rule in ABLATION:
@@ -119,8 +139,14 @@ def ablation(paper_runs: list[VariantRun], improved_runs: list[VariantRun], *, s
             y = run.labels(split)
             accuracy.append(accuracy_score(y, (proba > threshold).astype(int)))
             auc.append(roc_auc_score(y, proba) if len(set(y)) == 2 else float("nan"))
-        rows.append({"configuration": name, "seeds": len(accuracy), "accuracy (mean over seeds)": np.mean(accuracy),
-                     "ROC AUC (mean over seeds)": np.mean(auc)})
+        rows.append(
+            {
+                "configuration": name,
+                "seeds": len(accuracy),
+                "accuracy (mean over seeds)": np.mean(accuracy),
+                "ROC AUC (mean over seeds)": np.mean(auc),
+            }
+        )
     table = pd.DataFrame(rows).set_index("configuration")
     base = table.iloc[0]["accuracy (mean over seeds)"]
     table["accuracy gain (points)"] = 100 * (table["accuracy (mean over seeds)"] - base)
@@ -130,9 +156,14 @@ def ablation(paper_runs: list[VariantRun], improved_runs: list[VariantRun], *, s
 def summary(rows: list[dict]) -> pd.DataFrame:
     """Mean and range over seeds per recipe, and the improved recipe's gain in accuracy points."""
     frame = pd.DataFrame(rows)
-    out = frame.groupby("recipe").agg(seeds=("seed", "count"), accuracy_mean=("accuracy", "mean"),
-                                      accuracy_min=("accuracy", "min"), accuracy_max=("accuracy", "max"),
-                                      weighted_f1_mean=("weighted_f1", "mean"), roc_auc_mean=("roc_auc", "mean"))
+    out = frame.groupby("recipe").agg(
+        seeds=("seed", "count"),
+        accuracy_mean=("accuracy", "mean"),
+        accuracy_min=("accuracy", "min"),
+        accuracy_max=("accuracy", "max"),
+        weighted_f1_mean=("weighted_f1", "mean"),
+        roc_auc_mean=("roc_auc", "mean"),
+    )
     return out.reindex(["paper", "improved"])
 
 

@@ -7,8 +7,6 @@ are made with ``pyplot`` so notebooks show them automatically; in scripts, :func
 ``plt.close(fig)``. Colours: HEM blue, ALL red, everywhere.
 """
 
-from __future__ import annotations
-
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,10 +21,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from sklearn.metrics import confusion_matrix
 
-from allkit.atomic import atomic_file
 from allkit.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, LABEL_ALL, LABEL_HEM
 from allkit.errors import DataError
-from allkit.metrics import _validate, expected_calibration_error, reliability_curve
+from allkit.explain import GradCamResult, gradcam
+from allkit.files import atomic_file
+from allkit.metrics import check_inputs
+from allkit.study.calibration import expected_calibration_error, reliability_curve
 
 __all__ = [
     "CLASS_COLORS",
@@ -40,6 +40,8 @@ __all__ = [
     "plot_patient_level",
     "plot_reliability_comparison",
     "plot_gradcam_comparison",
+    "plot_gradcam",
+    "plot_gradcam_result",
     "save_figure",
 ]
 
@@ -127,9 +129,7 @@ def plot_xgb_curves(
     per evaluation set.
     """
     if not evals_result:
-        raise DataError(
-            "evals_result is empty: expected XGBoost's evals_result() dict (fit with eval_set=...)"
-        )
+        raise DataError("evals_result is empty: expected XGBoost's evals_result() dict (fit with eval_set=...)")
     names = dict(names or {})
     metrics: list[str] = []
     for set_name, per_metric in evals_result.items():
@@ -176,7 +176,7 @@ def plot_confusion_matrix(
     if normalize not in (None, "true"):
         raise DataError(f"normalize={normalize!r}: expected None or 'true'")
     if y_pred is not None:
-        t, p, _, _ = _validate(cm_or_y_true, y_pred)
+        t, p, _, _ = check_inputs(cm_or_y_true, y_pred)
         cm = confusion_matrix(t, p, labels=[LABEL_HEM, LABEL_ALL])
     else:
         cm = np.asarray(cm_or_y_true)
@@ -291,14 +291,10 @@ def plot_sample_grid(
         raise DataError("images is empty: expected at least one image")
     labels = _check_label_list(labels, len(images))
     if titles is not None and len(titles) != len(images):
-        raise DataError(
-            f"titles has {len(titles)} entries but there are {len(images)} images: expected equal"
-        )
+        raise DataError(f"titles has {len(titles)} entries but there are {len(images)} images: expected equal")
     if not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
         raise DataError(f"n_per_class={n_per_class!r}: expected a positive integer")
-    fig, axes = plt.subplots(
-        2, n_per_class, figsize=(2.2 * n_per_class, 5.0), squeeze=False, layout="constrained"
-    )
+    fig, axes = plt.subplots(2, n_per_class, figsize=(2.2 * n_per_class, 5.0), squeeze=False, layout="constrained")
     for row, label in enumerate((LABEL_HEM, LABEL_ALL)):
         chosen = [i for i, v in enumerate(labels) if v == label][:n_per_class]
         for col in range(n_per_class):
@@ -350,13 +346,9 @@ def plot_gradcam_grid(
         heat = np.asarray(heat, dtype=np.float32)
         heat = np.squeeze(heat) if heat.ndim > 2 else heat
         if heat.shape != rgb.shape[:2]:
-            raise DataError(
-                f"heatmap {i} has shape {heat.shape}: expected {rgb.shape[:2]} (the size of image {i})"
-            )
+            raise DataError(f"heatmap {i} has shape {heat.shape}: expected {rgb.shape[:2]} (the size of image {i})")
         if np.isnan(heat).any() or heat.min() < 0 or heat.max() > 1:
-            raise DataError(
-                f"heatmap {i} has values outside [0, 1] or NaN: expected a normalised Grad-CAM map"
-            )
+            raise DataError(f"heatmap {i} has values outside [0, 1] or NaN: expected a normalised Grad-CAM map")
         overlay = show_cam_on_image(rgb, heat, use_rgb=True, image_weight=image_weight)
         true_name = CLASS_NAMES[labels[i]]
         caption = f"true {true_name}"
@@ -421,7 +413,7 @@ def plot_reliability(
 ) -> Figure:
     """Reliability diagram of the probability of ALL, with the diagonal of perfect calibration.
 
-    Points come from :func:`allkit.metrics.reliability_curve`; the title gives the ECE.
+    Points come from :func:`allkit.study.calibration.reliability_curve`; the title gives the ECE.
     """
     curve = reliability_curve(y_true, y_prob, n_bins=n_bins, strategy=strategy)
     ece = expected_calibration_error(y_true, y_prob, n_bins=n_bins, strategy=strategy)
@@ -454,9 +446,7 @@ def plot_patient_level(
     """
     missing = [c for c in ("subject", "label", value) if c not in df.columns]
     if missing:
-        raise DataError(
-            f"df is missing column(s) {missing}: expected the output of allkit.metrics.patient_level"
-        )
+        raise DataError(f"df is missing column(s) {missing}: expected the output of allkit.metrics.patient_level")
     if df.empty:
         raise DataError("df is empty: expected one row per subject")
     if threshold is None:
@@ -528,8 +518,15 @@ def plot_reliability_comparison(
         ece = expected_calibration_error(y_true, prob, n_bins=n_bins, strategy=strategy)
         ax.plot(curve["mean_predicted"], curve["fraction_positive"], color=color, label=f"{name} (ECE {ece:.3f})")
         sizes = 15 + 185 * curve["count"].to_numpy(float) / curve["count"].max()
-        ax.scatter(curve["mean_predicted"], curve["fraction_positive"], s=sizes, color=color, alpha=0.7,
-                   edgecolors="white", zorder=3)
+        ax.scatter(
+            curve["mean_predicted"],
+            curve["fraction_positive"],
+            s=sizes,
+            color=color,
+            alpha=0.7,
+            edgecolors="white",
+            zorder=3,
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
@@ -544,8 +541,13 @@ def plot_reliability_comparison(
 # --------------------------------------------------------------------------------------------------
 # Grad-CAM: two targets on the same cells
 # --------------------------------------------------------------------------------------------------
-def plot_gradcam_comparison(first, second, titles: tuple[str, str] = ("target 1", "target 2"),
-                            image_weight: float = 0.5, title: str = "Grad-CAM, two targets") -> Figure:
+def plot_gradcam_comparison(
+    first,
+    second,
+    titles: tuple[str, str] = ("target 1", "target 2"),
+    image_weight: float = 0.5,
+    title: str = "Grad-CAM, two targets",
+) -> Figure:
     """Each cell, then its Grad-CAM overlay for two targets side by side (one row per cell).
 
     ``first`` and ``second`` are :class:`allkit.explain.GradCamResult` of the same images (e.g. ImageNet
@@ -554,8 +556,10 @@ def plot_gradcam_comparison(first, second, titles: tuple[str, str] = ("target 1"
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     if len(first) == 0 or len(first) != len(second):
-        raise DataError(f"expected two Grad-CAM results of the same non-empty set of images, got {len(first)} "
-                        f"and {len(second)} images")
+        raise DataError(
+            f"expected two Grad-CAM results of the same non-empty set of images, got {len(first)} "
+            f"and {len(second)} images"
+        )
     if not np.array_equal(first.images, second.images):
         raise DataError("the two Grad-CAM results explain different images: expected the same cells")
     labels = first.labels if first.labels is not None else second.labels
@@ -576,3 +580,19 @@ def plot_gradcam_comparison(first, second, titles: tuple[str, str] = ("target 1"
             axes[i, 2].set_title(titles[1])
     fig.suptitle(title)
     return fig
+
+
+def plot_gradcam_result(result: GradCamResult, title: str = "Grad-CAM", **kwargs) -> Figure:
+    """:func:`plot_gradcam_grid` of a :func:`allkit.explain.gradcam` result: each cell next to its map,
+    framed green where the CNN's own prediction was right and orange where it was wrong."""
+    if result.labels is None:
+        raise DataError("this Grad-CAM result has no true labels: pass labels= to gradcam()")
+    preds = result.predictions if set(result.predictions) <= {LABEL_HEM, LABEL_ALL} else None
+    return plot_gradcam_grid(
+        list(result.images), list(result.heatmaps), result.labels, preds=preds, title=title, **kwargs
+    )
+
+
+def plot_gradcam(model, backbone, images, labels, *, normalize=True, target="true", title="Grad-CAM") -> Figure:
+    """Grad-CAM of ``model`` for uint8 ``images`` [B, 3, H, W] (the true class by default), as a figure."""
+    return plot_gradcam_result(gradcam(model, backbone, images, target, labels, normalize=normalize), title=title)

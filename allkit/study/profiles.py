@@ -15,12 +15,11 @@ back to the offline ImageNet-pretrained EfficientNet-Lite0 and say so; ``paper``
 The profile is chosen by argument, else by the ``ALLKIT_PROFILE`` environment variable, else ``sample``.
 """
 
-from __future__ import annotations
-
 import os
 from dataclasses import asdict, dataclass, replace
 
 from allkit.constants import BATCH_SIZE, EPOCHS, IMAGE_SIZE, LEARNING_RATE, SEED, XGB_ETA
+from allkit.errors import ConfigError
 
 ENV_PROFILE = "ALLKIT_PROFILE"
 
@@ -28,7 +27,7 @@ ENV_PROFILE = "ALLKIT_PROFILE"
 @dataclass(frozen=True)
 class Profile:
     name: str
-    split: str = "auto"  # allkit.data.make_split preset
+    split: str = "auto"  # "paper" (needs the preliminary test set), "subject", or "auto": paper when possible
     backbone: str = "efficientnet_b0"
     weights: str | None = "imagenet"
     fallback_backbone: str | None = "efficientnet_lite0"  # used when the weights cannot be had
@@ -51,22 +50,29 @@ class Profile:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def with_overrides(self, **overrides) -> Profile:
+    def with_overrides(self, **overrides) -> "Profile":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 PROFILES = {
     "paper": Profile(name="paper", split="paper", normalize=False, fallback_backbone=None),
     "sample": Profile(name="sample", split="subject"),
-    "ci": Profile(name="ci", split="subject", image_size=128, epochs=1, max_train_cells=240,
-                  max_eval_cells=160, xgb_estimators=50, n_gradcam=2, n_boot=200),
+    "ci": Profile(
+        name="ci",
+        split="subject",
+        image_size=128,
+        epochs=1,
+        max_train_cells=240,
+        max_eval_cells=160,
+        xgb_estimators=50,
+        n_gradcam=2,
+        n_boot=200,
+    ),
 }
 
 
 def get_profile(name: str | None = None) -> Profile:
     name = name or os.environ.get(ENV_PROFILE) or "sample"
     if name not in PROFILES:
-        from allkit.errors import AllkitError
-
-        raise AllkitError(f"profile {name!r} is unknown; expected one of {', '.join(PROFILES)}")
+        raise ConfigError(f"profile {name!r} is unknown; expected one of {', '.join(PROFILES)}")
     return PROFILES[name]

@@ -1,0 +1,127 @@
+"""A saved hybrid folder (``HybridClassifier.save``) -> its fine-tuned CNN as ONNX (fp32, optionally int8)."""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from allkit.constants import CROP_RATIO, IMAGE_SIZE
+from allkit.deploy.onnx_model import DEFAULT_OPSET, check_cells, export_onnx, read_manifest
+from allkit.deploy.predictor import check_against_pytorch
+from allkit.deploy.quantize import check_int8_mode, quantize_onnx
+from allkit.errors import ModelError
+from allkit.hybrid import HybridClassifier
+from allkit.inference import predict_proba
+from allkit.study.run import folder_cells, load_run, rebuild_prepared
+
+__all__ = ["ExportResult", "export_saved_model", "fitted_cells", "load_hybrid"]
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_saved_model` wrote: the fp32 model, and the int8 one when asked (``None`` if not)."""
+
+    onnx: Path
+    manifest: dict
+    int8: Path | None = None
+    int8_manifest: dict | None = None
+    int8_error: str | None = None
+    checks: dict = field(default_factory=dict)
+
+
+def load_hybrid(model_dir) -> HybridClassifier:
+    """The saved hybrid of ``model_dir`` on the CPU, with a message naming the folder if there is none."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise ModelError(
+            f"model folder {folder} does not exist; expected a folder written by "
+            "`allkit reproduce`/`allkit fit-hybrid` (HybridClassifier.save)"
+        )
+    return HybridClassifier.load(folder, device="cpu", progress=False)
+
+
+def fitted_cells(hybrid: HybridClassifier) -> tuple[int, float]:
+    """Image size and crop ratio of the cells ``hybrid`` was fitted on (its ``preprocessing_``; the
+    defaults, 224 px and the paper's crop, when it was fitted on feature arrays and does not know)."""
+    pre = getattr(hybrid, "preprocessing_", None) or {}
+    return int(pre.get("size") or IMAGE_SIZE), float(pre.get("crop_ratio") or CROP_RATIO)
+
+
+def _run_training_cells(model_dir: Path, progress: bool):
+    """The training cells of the run a model folder belongs to (``runs/<name>/model``), or ``None``."""
+    run_dir = model_dir.resolve().parent
+    if not (run_dir / "metrics.json").is_file():
+        return None
+    return rebuild_prepared(load_run(run_dir), progress=progress).datasets.get("train")
+
+
+def _cells(hybrid: HybridClassifier, data, progress: bool):
+    """Every labelled cell under the folder ``data``, cached the way ``hybrid``'s training cells were."""
+    return folder_cells(hybrid, data, allow_unknown_subjects=True, progress=progress)[1]
+
+
+def export_saved_model(
+    model_dir,
+    out,
+    *,
+    int8: bool = False,
+    int8_mode: str = "static",
+    calibration=None,
+    n_calibration: int = 32,
+    opset: int = DEFAULT_OPSET,
+    check=None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> ExportResult:
+    """Export the fine-tuned CNN of a saved hybrid folder (``HybridClassifier.save``) to ``out``.
+
+    Writes ``out`` (fp32) + ``out.json``; with ``int8`` also ``<out stem>.int8.onnx`` + manifest
+    (``int8_mode``: ``"static"``, calibrated on ``calibration``: a CellDataset, a C-NMC-layout folder, or
+    ``None`` = the training cells of the run the folder belongs to, ``runs/<name>/model``; or ``"dynamic"``).
+    If int8 quantisation fails, the fp32 model is still written and the reason is in ``int8_error``.
+    ``check``: a dataset or data folder on which ONNX and PyTorch predictions are compared
+    (:func:`check_against_pytorch`; results in ``checks``). The XGBoost stage is not exported: it stays
+    in the folder's ``xgboost.json``.
+    """
+    folder = Path(model_dir)
+    if int8:
+        check_int8_mode(int8_mode)
+    hybrid = load_hybrid(folder)
+    size, crop = fitted_cells(hybrid)
+    path = export_onnx(
+        hybrid.cnn,
+        hybrid.backbone,
+        out,
+        image_size=size,
+        normalize=hybrid.normalize,
+        crop_ratio=crop,
+        opset=opset,
+        source=str(folder.resolve()),
+    )
+    result = ExportResult(onnx=path, manifest=read_manifest(path))
+    if int8:
+        calib = calibration
+        if int8_mode == "static":
+            if calib is None:
+                calib = _run_training_cells(folder, progress)
+                if calib is None:
+                    raise ModelError(
+                        f"static int8 needs calibration cells: {folder} is not inside a run folder "
+                        "(no ../metrics.json); pass calibration= / --calibration DATA (training cells)"
+                    )
+            elif isinstance(calib, (str, os.PathLike)):
+                calib = _cells(hybrid, calib, progress)
+        try:
+            result.int8 = quantize_onnx(path, mode=int8_mode, calibration=calib, n_calibration=n_calibration)
+            result.int8_manifest = read_manifest(result.int8)
+        except ModelError as err:
+            result.int8_error = str(err)
+    if check is not None:
+        dataset = _cells(hybrid, check, progress) if isinstance(check, (str, os.PathLike)) else check
+        check_cells(dataset, size, crop, f"{folder} was fitted on cells")
+        reference = predict_proba(hybrid.cnn, dataset, normalize=hybrid.normalize, device="cpu", progress=progress)
+        for label, p in (("fp32", result.onnx), ("int8", result.int8)):
+            if p is not None:
+                result.checks[label] = check_against_pytorch(
+                    p, dataset, reference=reference, threads=threads, progress=progress
+                )
+    return result

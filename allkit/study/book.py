@@ -1,0 +1,163 @@
+"""What every chapter of the book does first: find the data, pick the profile, print the run card.
+
+::
+
+    from allkit.study.book import setup
+    ctx = setup("04_finetuning")      # prints the run card
+    run = ctx.run()                   # the profile's reproduce() run: loaded if already done, else computed
+
+On Colab (or anywhere with ``ALLKIT_DOWNLOAD=1``) a missing data set is fetched with kagglehub first.
+"""
+
+import inspect
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import allkit
+from allkit.constants import (
+    CROP_SIZE,
+    FLIP_PROBABILITY,
+    IMAGE_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ORIGINAL_SIZE,
+    ROTATION_DEGREES,
+)
+from allkit.data import CNMC, load_cnmc
+from allkit.device import select_device
+from allkit.study import perf
+from allkit.study.profiles import Profile, get_profile
+from allkit.study.run import Run, describe_device, git_commit, load_run, reproduce
+from allkit.study.workspace import ENV_DATA, data_root, has_cnmc, local_folders, runs_dir
+
+REPOSITORY = "allkit/allkit"
+COLAB_URL = "https://colab.research.google.com/github/{repo}/blob/main/notebooks/{name}.ipynb"
+
+
+def on_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def colab_url(name: str) -> str:
+    return COLAB_URL.format(repo=REPOSITORY, name=name)
+
+
+def _maybe_download() -> None:
+    if os.environ.get(ENV_DATA) or any(f.is_dir() and has_cnmc(f) for f in local_folders("data")):
+        return
+    if on_colab() or os.environ.get("ALLKIT_DOWNLOAD") == "1":
+        from allkit.study.download import download_cnmc
+
+        os.environ[ENV_DATA] = str(download_cnmc(Path.cwd() / "data"))
+
+
+def show_source(obj):
+    """The source code of a function or class of allkit, highlighted: what the chapter runs, shown as it is
+    (``inspect.getsource`` reads the installed file, so the page cannot drift from the code)."""
+    from IPython.display import Code
+
+    return Code(inspect.getsource(obj), language="python")
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def describe_pipeline(normalize: bool = True, train: bool = True, size: int = IMAGE_SIZE) -> list[str]:
+    """Human-readable steps of the (training, or evaluation if ``train=False``) pipeline, in order."""
+    steps = [
+        "Convert to 8-bit RGB (grayscale, palette and alpha images via Pillow; 16-bit scaled 65535 -> 255)",
+        f"CenterCrop({CROP_SIZE}): keep the central {CROP_SIZE}x{CROP_SIZE} pixels of the "
+        f"{ORIGINAL_SIZE}x{ORIGINAL_SIZE} image (other sizes: {CROP_SIZE}/{ORIGINAL_SIZE} of the shorter side)",
+        f"Resize({size}): bilinear with antialiasing to {size}x{size} pixels",
+    ]
+    if train:
+        steps += [
+            f"RandomHorizontalFlip(p={FLIP_PROBABILITY:g}): mirror left-right with probability {FLIP_PROBABILITY:g}",
+            f"RandomVerticalFlip(p={FLIP_PROBABILITY:g}): mirror top-bottom with probability {FLIP_PROBABILITY:g}",
+            f"RandomRotation({ROTATION_DEGREES:g}): rotate by an angle drawn uniformly in "
+            f"[-{ROTATION_DEGREES:g}, {ROTATION_DEGREES:g}] degrees (nearest neighbour, black corners)",
+        ]
+    steps.append("ToTensor: float32 tensor [3, H, W] with values in [0, 1]")
+    if normalize:
+        steps.append(
+            f"Normalize(mean={_fmt(IMAGENET_MEAN)}, std={_fmt(IMAGENET_STD)}): ImageNet statistics, as the "
+            "pretrained weights expect (not in the paper's list)"
+        )
+    return steps
+
+
+@dataclass
+class Context:
+    """The notebook's profile, data and run folder."""
+
+    notebook: str
+    profile: Profile
+    data_root: Path
+    data_source: str
+    cells: CNMC
+    runs_dir: Path
+    _run: Run | None = field(default=None, repr=False)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.cells.synthetic
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.profile.name
+
+    def run(self, *, progress: bool = True) -> Run:
+        """The profile's full run (fine-tune → XGBoost → scores → figures), reused when already on disk for
+        the same data and profile."""
+        if self._run is None:
+            metrics = self.run_dir / "metrics.json"
+            if metrics.is_file() and (self.run_dir / "model" / "manifest.json").is_file():
+                saved = json.loads(metrics.read_text())
+                if saved.get("profile") == self.profile.to_dict() and saved["run_card"]["data"] == str(self.data_root):
+                    self._run = load_run(self.run_dir, with_model=True)
+                    print(f"(reusing the finished run in runs/{self.profile.name})")
+                    return self._run
+            self._run = reproduce(self.profile, self.data_root, out=self.run_dir, progress=progress)
+        return self._run
+
+    def variant(self, variant, *, progress: bool = True):
+        """One controlled fine-tune of :mod:`allkit.study.experiments` on this profile and data: loaded if
+        already in ``runs/<profile>/experiments/``, else computed now."""
+        from allkit.study.experiments import run_variant
+
+        return run_variant(variant, self.profile, self.data_root, runs_dir=self.runs_dir, progress=progress)
+
+
+def run_card(ctx: Context) -> dict:
+    frame = ctx.cells.frame
+    return {
+        "notebook": ctx.notebook,
+        "profile": ctx.profile.name,
+        "data": f"{ctx.data_root} ({ctx.data_source})",
+        "real or synthetic": "SYNTHETIC stand-in (not real cells)" if ctx.synthetic else "real C-NMC 2019 cells",
+        "cells": f"{len(frame)} labelled ({int(frame.label.sum())} ALL / {int((frame.label == 0).sum())} HEM), "
+        f"{frame.subject.nunique()} subjects",
+        "backbone (profile)": f"{ctx.profile.backbone} ({ctx.profile.weights} weights; offline fallback: "
+        f"{ctx.profile.fallback_backbone or 'none'})",
+        "device": describe_device(select_device("auto")),
+        "allkit": f"{allkit.__version__} (commit {git_commit() or 'unknown'})",
+    }
+
+
+def setup(notebook: str, profile: str | None = None, data: str | None = None) -> Context:
+    """Resolve the profile and the data (``ALLKIT_PROFILE``, ``ALLKIT_DATA``) and print the run card."""
+    _maybe_download()
+    perf.speed_up()
+    chosen = get_profile(profile)
+    root, source = data_root(data)
+    ctx = Context(notebook, chosen, Path(root), source, load_cnmc(root), runs_dir())
+    card = run_card(ctx)
+    width = max(len(k) for k in card)
+    print("Run card")
+    for key, value in card.items():
+        print(f"  {key:<{width}}  {value}")
+    return ctx

@@ -1,0 +1,492 @@
+"""The paper's method end to end, written to a run folder: ``allkit reproduce`` and the book call these,
+so a number in the book is the number the CLI prints.
+
+::
+
+    DIR/metrics.json    everything measured, with the run card (data, device, backbone, weights, commit)
+    DIR/model/          the hybrid (CNN state_dict + XGBoost JSON + manifest): HybridClassifier.load
+    DIR/history.json    per-epoch training curves
+    DIR/*.png           the figures
+"""
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+import allkit
+from allkit.constants import CROP_RATIO, IMAGE_SIZE
+from allkit.data import CellDataset, Split, build_cache, load_cnmc, split_by_image, split_by_subject, split_paper
+from allkit.device import select_device
+from allkit.errors import AllkitError, ModelError
+from allkit.files import atomic_file, read_json, write_json
+from allkit.hybrid import HybridClassifier
+from allkit.inference import predict_proba
+from allkit.metrics import classification_table, evaluate, evaluate_with_ci, patient_level, patient_level_metrics
+from allkit.models import build_model, get_backbone
+from allkit.study import perf, plots
+from allkit.study.calibration import choose_threshold
+from allkit.study.profiles import Profile, get_profile
+from allkit.study.recipes import Recipe, get_recipe
+from allkit.study.workspace import data_root, runs_dir
+from allkit.train import Trainer
+
+CNN_FILE, TRAIN_FILE = "cnn.pt", "train.json"
+
+
+def git_commit() -> str | None:
+    """The commit of the allkit source tree (``None`` for an installed copy)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(allkit.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def make_split(frame: pd.DataFrame, profile: Profile) -> Split:
+    """The profile's split: the paper's (when the preliminary test set is present and asked for), else
+    by subject; ``"image"`` is the leaky by-image split with the subject split's part sizes."""
+    has_prelim = (frame["fold"] == "prelim").any()
+    if profile.split in ("paper", "auto") and has_prelim:
+        return split_paper(frame, seed=profile.seed)
+    safe = split_by_subject(frame, val_size=profile.val_size, test_size=profile.test_size, seed=profile.seed)
+    if profile.split != "image":
+        return safe
+    n = len(frame)
+    return split_by_image(
+        frame, val_size=len(safe.val) / n, test_size=len(safe.test) / n, seed=profile.seed, leaky=True
+    )
+
+
+def _subset(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """At most ``n`` cells, drawn per subject (every subject and the class ratio kept), seeded."""
+    if n is None or len(frame) <= n:
+        return frame.reset_index(drop=True)
+    parts = [g.sample(max(1, round(len(g) * n / len(frame))), random_state=seed) for _, g in frame.groupby("subject")]
+    return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
+@dataclass
+class Prepared:
+    """One profile's data (split, cache, datasets), backbone, weights and normalisation."""
+
+    profile: Profile
+    data_root: Path
+    data_source: str
+    synthetic: bool
+    split: Split
+    datasets: dict[str, CellDataset]
+    backbone: str
+    weights: str | None
+    weights_note: str
+    normalize: object
+    device: torch.device
+    notes: list[str] = field(default_factory=list)
+
+    def card(self) -> dict:
+        counts = {
+            name: {
+                "cells": len(ds),
+                "ALL": int(ds.labels.sum()),
+                "HEM": int(len(ds) - ds.labels.sum()),
+                "subjects": int(ds.frame["subject"].nunique()),
+            }
+            for name, ds in self.datasets.items()
+        }
+        return {
+            "profile": self.profile.name,
+            "data": str(self.data_root),
+            "data_source": self.data_source,
+            "synthetic": self.synthetic,
+            "split": self.split.protocol,
+            "counts": counts,
+            "image_size": self.profile.image_size,
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "weights_note": self.weights_note,
+            "normalize": self.normalize if isinstance(self.normalize, bool) else "the backbone's own mean/std",
+            "device": describe_device(self.device),
+            "allkit": allkit.__version__,
+            "commit": git_commit(),
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        }
+
+
+def choose_backbone(profile: Profile, backbone: str | None, weights: str | None):
+    """``(model, backbone, weights, note)``: the profile's (or the given) backbone, or, where its ImageNet
+    weights cannot be downloaded and the caller named none, the profile's offline fallback."""
+    name = backbone or profile.backbone
+    chosen = weights if weights is not None else profile.weights
+    chosen = None if isinstance(chosen, str) and chosen.lower() in ("none", "random") else chosen
+    try:
+        return build_model(name, chosen), name, chosen, f"{name} with {chosen or 'random'} weights"
+    except ModelError as err:
+        if backbone is not None or weights is not None or profile.fallback_backbone is None:
+            raise
+        fallback = profile.fallback_backbone
+        note = (
+            f"{name}'s {chosen} weights could not be loaded here (no internet?); using {fallback} with its "
+            "packaged offline ImageNet weights instead"
+        )
+        print(f"allkit: {note}. ({err})", file=sys.stderr)
+        return build_model(fallback, "offline"), fallback, "offline", note
+
+
+def prepare(
+    profile: Profile | str | None = None,
+    data=None,
+    *,
+    backbone=None,
+    weights=None,
+    device="auto",
+    progress=True,
+    split=None,
+    init_seed: int | None = None,
+) -> tuple[Prepared, torch.nn.Module]:
+    """Load and split the data, cache it, build the model. ``split``: a callable ``frame → Split`` instead
+    of the profile's. ``init_seed`` (default: the profile's seed) seeds the new head's initialisation."""
+    perf.speed_up()
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    root, source = data_root(data)
+    device = select_device(device)
+    cells = load_cnmc(root)
+    chosen_split = split(cells.frame) if split is not None else make_split(cells.frame, profile)
+    frames = {
+        "train": _subset(chosen_split.train, profile.max_train_cells, profile.seed),
+        "val": _subset(chosen_split.val, profile.max_eval_cells, profile.seed),
+        "test": _subset(chosen_split.test, profile.max_eval_cells, profile.seed),
+    }
+    # The new head is initialised from torch's global RNG: seeded, so a profile gives the same model in
+    # every process, and the caller's RNG stream is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(profile.seed if init_seed is None else int(init_seed))
+        model, name, chosen, note = choose_backbone(profile, backbone, weights)
+    notes = list(cells.notes)
+    native = get_backbone(name).input_size
+    if name == "inception_v3" and profile.image_size < native:  # its auxiliary head needs 299 px
+        notes.append(f"inception_v3 needs {native} px input: image_size {profile.image_size} -> {native}")
+        profile = profile.with_overrides(image_size=native)
+    if profile.split == "paper" and chosen_split.protocol != "paper":
+        notes.append(
+            "the profile asks for the paper's split; the data has no preliminary test set, so a "
+            "subject-wise split of what is present is used"
+        )
+    cache = build_cache(pd.concat(frames.values(), ignore_index=True), size=profile.image_size, progress=progress)
+    datasets = {part: CellDataset(cache, frame) for part, frame in frames.items() if len(frame)}
+    normalize = get_backbone(name).mean_std if profile.normalize else False
+    prepared = Prepared(
+        profile,
+        Path(root),
+        source,
+        cells.synthetic,
+        chosen_split,
+        datasets,
+        name,
+        chosen,
+        note,
+        normalize,
+        device,
+        notes,
+    )
+    return prepared, model
+
+
+def finetune(
+    prepared: Prepared,
+    model: torch.nn.Module,
+    recipe=None,
+    *,
+    seed: int | None = None,
+    checkpoint_dir=None,
+    progress=True,
+) -> Trainer:
+    """Fine-tune with ``recipe`` (default: the paper's) at the profile's epochs and batch size."""
+    p, chosen = prepared.profile, get_recipe(recipe)
+    kwargs = chosen.trainer_kwargs()
+    if chosen.name == "paper":
+        kwargs["lr"] = p.lr  # a profile that sets its own learning rate keeps it under the paper's recipe
+    kwargs["keep_best"] = kwargs["keep_best"] and "val" in prepared.datasets
+    trainer = Trainer(
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        seed=p.seed if seed is None else seed,
+        normalize=prepared.normalize,
+        device=prepared.device,
+        max_batches=p.max_batches,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        **kwargs,
+    )
+    return trainer.fit(model, prepared.datasets["train"], prepared.datasets.get("val"))
+
+
+def fit_hybrid(
+    prepared: Prepared, model: torch.nn.Module, recipe=None, *, progress=True, feature_source="features"
+) -> HybridClassifier:
+    """XGBoost (eta 0.35) on the fine-tuned CNN's features; error and AUC recorded per round. The recipe
+    sets how the hybrid predicts (the improved one: over the 8 dihedral views, with the threshold of the
+    best validation balanced accuracy); both are parameters of the hybrid, so they are saved with it."""
+    p, chosen = prepared.profile, get_recipe(recipe)
+    hybrid = HybridClassifier(
+        cnn=model,
+        backbone=prepared.backbone,
+        feature_source=feature_source,
+        normalize=prepared.normalize,
+        eta=p.xgb_eta,
+        n_estimators=p.xgb_estimators,
+        batch_size=p.batch_size,
+        device=prepared.device,
+        seed=p.seed,
+        tta=chosen.tta,
+        progress=progress,
+    )
+    evals = [
+        (n, prepared.datasets[k]) for n, k in (("train", "train"), ("validation", "val")) if k in prepared.datasets
+    ]
+    hybrid.fit(prepared.datasets["train"], eval_set=evals)
+    if chosen.threshold == "validation" and "val" in prepared.datasets:
+        hybrid.set_params(threshold=validation_threshold(prepared, hybrid.predict_proba(prepared.datasets["val"])))
+    return hybrid
+
+
+def validation_threshold(prepared: Prepared, p_val: np.ndarray) -> float:
+    """The cut on P(ALL) with the best balanced accuracy on the validation cells."""
+    return float(choose_threshold(prepared.datasets["val"].labels.numpy(), p_val).threshold)
+
+
+def evaluate_predictions(frame: pd.DataFrame, proba: np.ndarray, *, n_boot: int, seed: int, threshold=None) -> dict:
+    """Table 2 scores, subject-bootstrap intervals and one diagnosis per person for one set of cells;
+    ALL where P(ALL) > ``threshold`` (default: the argmax)."""
+    y_true, score, subjects = frame["label"].to_numpy(), proba[:, 1], frame["subject"].to_numpy()
+    y_pred = (proba.argmax(1) if threshold is None else score > threshold).astype(int)
+    result = evaluate_with_ci(y_true, y_pred, subjects, y_score=score, n_boot=n_boot, seed=seed)
+    result["table2"] = json.loads(classification_table(y_true, y_pred).to_json(orient="index"))
+    patients = patient_level(y_true, score, subjects)
+    result["patient_level"] = patient_level_metrics(patients)
+    result["patients"] = json.loads(patients.to_json(orient="records"))
+    return result
+
+
+@dataclass
+class Run:
+    """A finished (or loaded) run: what :func:`reproduce` wrote to ``out``."""
+
+    out: Path
+    metrics: dict
+    prepared: Prepared | None = None
+    model: torch.nn.Module | None = None
+    hybrid: HybridClassifier | None = None
+
+    @property
+    def card(self) -> dict:
+        return self.metrics["run_card"]
+
+    @property
+    def history(self) -> list[dict]:
+        return self.metrics["history"]
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (np.ndarray, Path, torch.device)):
+        return value.tolist() if isinstance(value, np.ndarray) else str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def make_figures(run: Run) -> dict[str, Path]:
+    """Training curves, XGBoost curves, confusion matrix, sample grid and Grad-CAM grid, as PNG in ``run.out``."""
+    card = run.card
+    where = f"{card['backbone']}, {card['profile']} profile{', SYNTHETIC data' if card['synthetic'] else ''}"
+    figures = {
+        "training_curves": plots.plot_training_curves(run.history, title=f"Fine-tuning ({where})"),
+        "xgb_curves": plots.plot_xgb_curves(run.metrics["xgb_evals"], title=f"XGBoost on CNN features ({where})"),
+        "confusion_matrix": plots.plot_confusion_matrix(
+            np.array(run.metrics["hybrid"]["confusion_matrix"]), title=f"Hybrid, test cells ({where})"
+        ),
+    }
+    if run.prepared is not None and run.model is not None:
+        test, n = run.prepared.datasets["test"], run.prepared.profile.n_gradcam
+        picks = test.frame.groupby("label").head(n).index.to_numpy()
+        images, labels = test.__getitems__(picks)
+        figures["samples"] = plots.plot_sample_grid(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), n_per_class=n)
+        figures["gradcam"] = plots.plot_gradcam(
+            run.model, run.prepared.backbone, images, labels.numpy(), normalize=run.prepared.normalize
+        )
+    saved = {name: plots.save_figure(fig, run.out / f"{name}.png") for name, fig in figures.items()}
+    for fig in figures.values():
+        plt.close(fig)
+    return saved
+
+
+def with_recipe(profile: Profile | str | None, recipe) -> Profile:
+    """The profile with the recipe's normalisation (when the recipe sets one)."""
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    chosen = get_recipe(recipe)
+    return profile if chosen.normalize is None else profile.with_overrides(normalize=chosen.normalize)
+
+
+def reproduce(
+    profile=None,
+    data=None,
+    *,
+    out=None,
+    backbone=None,
+    weights=None,
+    device="auto",
+    progress=True,
+    figures=True,
+    recipe=None,
+) -> Run:
+    """The whole method: fine-tune, CNN alone on the test cells, hybrid, scores with intervals, figures.
+    Writes ``out/metrics.json``, ``out/model/``, ``out/history.json`` and the figures; returns the Run."""
+    started, chosen = time.perf_counter(), get_recipe(recipe)
+    prepared, model = prepare(
+        with_recipe(profile, chosen), data, backbone=backbone, weights=weights, device=device, progress=progress
+    )
+    out = Path(out) if out is not None else runs_dir() / prepared.profile.name
+    if "test" not in prepared.datasets:
+        raise AllkitError("the split has no test cells; there is nothing to evaluate on")
+    t0 = time.perf_counter()
+    trainer = finetune(prepared, model, chosen, checkpoint_dir=out / "checkpoints", progress=progress)
+    train_seconds, p, test = time.perf_counter() - t0, prepared.profile, prepared.datasets["test"]
+    kwargs = {"batch_size": p.batch_size, "normalize": prepared.normalize, "progress": progress, "tta": chosen.tta}
+    cnn_proba = predict_proba(model, test, **kwargs)
+    t0 = time.perf_counter()
+    hybrid = fit_hybrid(prepared, model, chosen, progress=progress)
+    hybrid_seconds = time.perf_counter() - t0
+    thresholds = {"cnn": None, "hybrid": None}
+    if chosen.threshold == "validation" and "val" in prepared.datasets:
+        thresholds["hybrid"] = float(hybrid.threshold)
+        thresholds["cnn"] = validation_threshold(prepared, predict_proba(model, prepared.datasets["val"], **kwargs))
+    metrics = {
+        "run_card": {**prepared.card(), "recipe": chosen.name},
+        "profile": p.to_dict(),
+        "recipe": chosen.to_dict(),
+        "notes": prepared.notes,
+        "history": trainer.history_,
+        "cnn": evaluate_predictions(test.frame, cnn_proba, n_boot=p.n_boot, seed=p.seed, threshold=thresholds["cnn"]),
+        "hybrid": evaluate_predictions(
+            test.frame, hybrid.predict_proba(test), n_boot=p.n_boot, seed=p.seed, threshold=thresholds["hybrid"]
+        ),
+        "thresholds": thresholds,
+        "xgb_evals": hybrid.evals_result_,
+        "seconds": {"finetune": train_seconds, "hybrid": hybrid_seconds},
+    }
+    hybrid.save(out / "model")
+    write_json(out / "history.json", {"history": trainer.history_}, default=_json_default)
+    run = Run(out, metrics, prepared, model, hybrid)
+    if figures:
+        metrics["figures"] = {name: path.name for name, path in make_figures(run).items()}
+    metrics["seconds"]["total"] = time.perf_counter() - started
+    write_json(out / "metrics.json", metrics, default=_json_default)
+    return run
+
+
+def load_run(out, *, with_model: bool = False) -> Run:
+    """A finished run from disk (its metrics; with ``with_model`` also the hybrid and its CNN)."""
+    out = Path(out)
+    if not (out / "metrics.json").is_file():
+        raise AllkitError(f"{out / 'metrics.json'} does not exist; run `allkit reproduce --out {out}` first")
+    run = Run(out, read_json(out / "metrics.json", AllkitError, f"; rerun `allkit reproduce --out {out}`"))
+    if with_model:
+        run.hybrid = HybridClassifier.load(out / "model")
+        run.model = run.hybrid.cnn
+    return run
+
+
+def rebuild_prepared(run: Run, *, progress: bool = True) -> Prepared:
+    """The data of a loaded run: same profile, data and seed, hence the same split, cache and datasets.
+    The model is built from the run's own CNN file, so no ImageNet weights are downloaded."""
+    if run.prepared is None:
+        cnn = run.out / "model" / "cnn.pt"
+        if not cnn.is_file():
+            raise AllkitError(f"{cnn} is missing; the run in {run.out} has no saved model to rebuild its data for")
+        prepared, _ = prepare(
+            Profile(**run.metrics["profile"]),
+            run.card["data"],
+            backbone=run.card["backbone"],
+            weights=str(cnn),
+            progress=progress,
+        )
+        prepared.weights, prepared.weights_note = run.card["weights"], run.card["weights_note"]
+        run.prepared = prepared
+    return run.prepared
+
+
+def save_cnn(out: Path, prepared: Prepared, model: torch.nn.Module, history: list[dict], recipe=None) -> Path:
+    """``allkit train``'s output: the fine-tuned CNN (state_dict) and what rebuilds its data split."""
+    with atomic_file(out / CNN_FILE) as handle:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
+    write_json(
+        out / TRAIN_FILE,
+        {
+            "run_card": prepared.card(),
+            "profile": prepared.profile.to_dict(),
+            "recipe": get_recipe(recipe).name,
+            "history": history,
+        },
+        default=_json_default,
+    )
+    return out / CNN_FILE
+
+
+def load_cnn(folder, *, progress: bool = True) -> tuple[Prepared, torch.nn.Module, Recipe]:
+    """``(prepared, model, recipe)`` of a folder written by ``allkit train``."""
+    folder = Path(folder)
+    if not (folder / CNN_FILE).is_file() or not (folder / TRAIN_FILE).is_file():
+        raise AllkitError(f"{folder} is not a folder written by `allkit train` (expected {CNN_FILE} and {TRAIN_FILE})")
+    manifest = read_json(folder / TRAIN_FILE, AllkitError, "; rerun `allkit train`")
+    card = manifest["run_card"]
+    prepared, model = prepare(
+        Profile(**manifest["profile"]),
+        card["data"],
+        backbone=card["backbone"],
+        weights=str(folder / CNN_FILE),
+        progress=progress,
+    )
+    return prepared, model, get_recipe(manifest.get("recipe"))
+
+
+def folder_cells(hybrid: HybridClassifier, data, *, allow_unknown_subjects=False, progress=True):
+    """``(cells, dataset)``: every labelled cell under ``data``, cached the way ``hybrid``'s training cells were."""
+    pre = getattr(hybrid, "preprocessing_", None) or {}
+    cells = load_cnmc(data, allow_unknown_subjects=allow_unknown_subjects)
+    cache = build_cache(
+        cells.frame, size=pre.get("size", IMAGE_SIZE), crop_ratio=pre.get("crop_ratio", CROP_RATIO), progress=progress
+    )
+    return cells, CellDataset(cache, cells.frame)
+
+
+def evaluate_folder(model_dir, data, *, allow_unknown_subjects=False, progress=True) -> dict:
+    """``allkit evaluate``: predict every labelled cell under ``data`` with a saved hybrid and score it."""
+    perf.speed_up()
+    hybrid = HybridClassifier.load(model_dir, progress=progress)
+    cells, dataset = folder_cells(hybrid, data, allow_unknown_subjects=allow_unknown_subjects, progress=progress)
+    proba = hybrid.predict_proba(dataset)
+    y_true = cells.frame["label"].to_numpy()
+    y_pred = (proba[:, 1] > float(hybrid.threshold)).astype(int)  # the saved model's decision threshold
+    result = evaluate(y_true, y_pred, proba[:, 1], subjects=cells.frame["subject"].to_numpy())
+    result["table2"] = json.loads(classification_table(y_true, y_pred).to_json(orient="index"))
+    return {**result, "data": str(cells.root), "synthetic": cells.synthetic, "model": str(model_dir)}

@@ -1,0 +1,73 @@
+"""Where the data and the runs are: never inside the installed package.
+
+Data: an explicit path > ``ALLKIT_DATA`` > ``./data`` (or ``../data``, for a notebook run from
+``notebooks/``) holding C-NMC > the synthetic stand-in, announced loudly. Runs: ``ALLKIT_RUNS`` > ``./runs``
+(or ``../runs`` when it exists). Caches: ``ALLKIT_CACHE`` > the platform's cache folder
+(:func:`allkit.data.cache_dir`).
+"""
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from allkit.data import CNMC, find_cnmc_root, load_cnmc
+from allkit.errors import DataError
+
+ENV_DATA, ENV_RUNS = "ALLKIT_DATA", "ALLKIT_RUNS"
+SYNTHETIC_BANNER = (
+    "*** allkit is using its SYNTHETIC stand-in data, not real C-NMC cells: numbers computed on it say nothing "
+    "about leukemia. Set ALLKIT_DATA or pass a data path to use C-NMC 2019. ***"
+)
+
+
+class SyntheticDataWarning(UserWarning):
+    """The synthetic stand-in is used instead of real C-NMC cells."""
+
+
+def local_folders(name: str) -> list[Path]:
+    return [Path.cwd() / name, Path.cwd().parent / name]
+
+
+def has_cnmc(folder: Path) -> bool:
+    try:
+        find_cnmc_root(folder)
+    except DataError:
+        return False
+    return True
+
+
+def data_root(root=None, *, announce: bool = True) -> tuple[Path, str]:
+    """``(folder, source)``: source is ``argument``, ``ALLKIT_DATA``, ``./data`` or ``synthetic``. A path
+    given explicitly (or in ``ALLKIT_DATA``) that does not exist is an error, never a silent fallback."""
+    if root is not None:
+        return Path(root).expanduser(), "argument"
+    if os.environ.get(ENV_DATA):
+        path = Path(os.environ[ENV_DATA]).expanduser()
+        if not path.exists():
+            raise DataError(
+                f"{ENV_DATA}={os.environ[ENV_DATA]!r} does not exist; expected a folder holding C-NMC_Leukemia/"
+            )
+        return path, ENV_DATA
+    for folder in local_folders("data"):
+        if folder.is_dir() and has_cnmc(folder):
+            return folder, "./data"
+    from allkit.study.synthetic import default_synthetic_root
+
+    if announce:
+        warnings.warn(SYNTHETIC_BANNER, SyntheticDataWarning, stacklevel=2)
+        print(SYNTHETIC_BANNER, file=sys.stderr)
+    return default_synthetic_root(), "synthetic"
+
+
+def open_data(root=None, **kwargs) -> CNMC:
+    """:func:`allkit.data.load_cnmc` on :func:`data_root`."""
+    return load_cnmc(data_root(root)[0], **kwargs)
+
+
+def runs_dir() -> Path:
+    """``ALLKIT_RUNS``, else ``./runs`` (``../runs`` if that exists and ``./runs`` does not)."""
+    if os.environ.get(ENV_RUNS):
+        return Path(os.environ[ENV_RUNS]).expanduser()
+    here, parent = local_folders("runs")
+    return parent if parent.is_dir() and not here.is_dir() else here
