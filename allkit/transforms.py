@@ -95,16 +95,22 @@ class BatchAugment(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"p_hflip={self.p_hflip}, p_vflip={self.p_vflip}, degrees={self.degrees}"
 
-    def forward(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if batch.ndim != 4:
-            raise ConfigError(f"BatchAugment expects a batch [B, C, H, W], got shape {tuple(batch.shape)}")
-        n = batch.shape[0]
+    def draw(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each cell's random parameters: horizontal flip?, vertical flip?, angle in degrees (drawn in that order)."""
         hflip = torch.rand(n, generator=generator) < self.p_hflip
         vflip = torch.rand(n, generator=generator) < self.p_vflip
-        angle = (torch.rand(n, generator=generator) * 2 - 1) * self.degrees
+        return hflip, vflip, (torch.rand(n, generator=generator) * 2 - 1) * self.degrees
+
+    def apply(self, batch: torch.Tensor, hflip, vflip, angle) -> torch.Tensor:
+        """The flips and rotations :meth:`draw` chose, applied to ``batch`` [B, C, H, W]."""
+        if batch.ndim != 4:
+            raise ConfigError(f"BatchAugment expects a batch [B, C, H, W], got shape {tuple(batch.shape)}")
         if batch.device.type == "cpu" and batch.dtype == torch.uint8:
             return _augment_pil(batch, hflip.tolist(), vflip.tolist(), angle.tolist())
         return _augment_tensor(batch, hflip, vflip, angle)
+
+    def forward(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(batch, *self.draw(len(batch), generator))
 
 
 def _augment_pil(batch: torch.Tensor, hflip: list, vflip: list, angle: list) -> torch.Tensor:

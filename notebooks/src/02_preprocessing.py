@@ -244,11 +244,11 @@ uint8_cell = torch.from_numpy(decode_cell(original)).permute(2, 0, 1)   # [3, 22
 eight = uint8_cell.unsqueeze(0).repeat(8, 1, 1, 1)
 augment = BatchAugment()
 generator = torch.Generator().manual_seed(ctx.profile.seed)
-params = augment.sample_params(len(eight), generator)
-augmented = augment.apply(eight, params)
+hflip, vflip, angle = augment.draw(len(eight), generator)  # each cell's own random draw
+augmented = augment.apply(eight, hflip, vflip, angle)
 
 captions = [f"{'H-flip, ' if h else ''}{'V-flip, ' if v else ''}{a:+.1f}°"
-            for h, v, a in zip(params["hflip"].tolist(), params["vflip"].tolist(), params["angle"].tolist())]
+            for h, v, a in zip(hflip.tolist(), vflip.tolist(), angle.tolist())]
 fig, axes = plt.subplots(2, 4, figsize=(10, 5.4), layout="constrained")
 for ax, img, caption in zip(axes.ravel(), augmented, captions):
     ax.imshow(img.permute(1, 2, 0).numpy())
@@ -258,8 +258,8 @@ for ax, img, caption in zip(axes.ravel(), augmented, captions):
 fig.suptitle(f"BatchAugment (flips p = {augment.p_hflip:g}, rotation ±{augment.degrees:g}°): 8 draws for one cell");
 
 unflipped = (1 - FLIP_PROBABILITY) ** 2
-print(f"{int(params['hflip'].sum())} of 8 flipped horizontally, {int(params['vflip'].sum())} vertically; "
-      f"angles from {params['angle'].min():+.1f}° to {params['angle'].max():+.1f}°")
+print(f"{int(hflip.sum())} of 8 flipped horizontally, {int(vflip.sum())} vertically; "
+      f"angles from {angle.min():+.1f}° to {angle.max():+.1f}°")
 print(f"with p = {FLIP_PROBABILITY} per flip, {unflipped:.0%} of augmented images are not flipped at all")
 
 # %% [markdown]

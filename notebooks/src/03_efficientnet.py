@@ -268,8 +268,10 @@ print(f"SiLU's minimum: {silu.min():.3f} at x = {z[silu.argmin()]:.2f}; sigmoid(
 #
 # ## Parameter counts
 #
-# The paper quotes the size of EfficientNet-B0 and three networks it compares with. allkit computes every
-# count from the architecture (on PyTorch's "meta" device, so nothing is downloaded or even allocated):
+# The paper quotes the size of EfficientNet-B0 and three networks it compares with. torchvision publishes
+# the parameter count of each of its ImageNet models with the weights' metadata (`meta["num_params"]`,
+# read without downloading anything); allkit prints those next to the paper's figures, and counts the
+# model with our 2-class head itself (EfficientNet-Lite0, which is not a torchvision model, is counted too):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -278,7 +280,7 @@ import pandas as pd
 from allkit.study.backbones import parameter_table
 
 table = parameter_table()
-print(f"{'backbone':<20}{'computed':>14}{'paper quotes':>15}{'difference':>12}{'2-class head':>15}{'features':>10}")
+print(f"{'backbone':<20}{'torchvision':>14}{'paper quotes':>15}{'difference':>12}{'2-class head':>15}{'features':>10}")
 for name, row in table.iterrows():
     if pd.isna(row.paper_params):
         paper, diff = "-", ""
@@ -287,13 +289,13 @@ for name, row in table.iterrows():
         diff = "(rounded)" if pd.isna(row.computed_minus_paper) else f"{row.computed_minus_paper:,}"
     print(f"{name:<20}{row.params_imagenet_head:>14,}{paper:>15}{diff:>12}{row.params_2_classes:>15,}"
           f"{row.feature_dim:>10}")
-print("\n'computed' counts the 1000-class ImageNet head, as published figures do.")
+print("\n'torchvision' counts the 1000-class ImageNet head, as published figures do.")
 for name, row in table.iterrows():
     if row.note:
         print(f"{name}: {row.note}")
 
 # %% [markdown]
-# The first two columns agree: computed with the standard 1000-class ImageNet classifier, the counts
+# The first two columns agree: with the standard 1000-class ImageNet classifier, the counts
 # match the paper's figures exactly for EfficientNet-B0 (5,288,548) and ResNet-50 {cite}`he2016resnet`
 # (25,557,032), VGG16 {cite}`simonyan2015vgg` comes to the "138 million" the paper rounds to, and the
 # paper's Inception-v3 {cite}`szegedy2016inception` figure (27,161,264) is the count *including* the
@@ -428,7 +430,7 @@ print(f"\nLite0's mean/std as allkit stores them: mean {tuple(round(m, 4) for m 
 # - An MBConv block expands, filters each channel, reweights channels (squeeze-and-excitation), projects
 #   back and adds its input.
 # - The paper's Equations 1–3 are the sigmoid, Swish and its β = 1 case SiLU, which B0 uses.
-# - allkit's computed parameter counts match the paper's quoted figures, once one knows that they count
+# - torchvision's parameter counts match the paper's quoted figures, once one knows that they count
 #   the 1000-class ImageNet head and, for Inception-v3, the auxiliary classifier.
 # - The hybrid swaps the CNN's linear head for XGBoost on the same 1280-d features. Where B0's weights
 #   cannot be downloaded, allkit uses EfficientNet-Lite0, with the same 1280-d embedding, and says so.

@@ -72,7 +72,7 @@ parameter_table(["efficientnet_b0", "efficientnet_lite0"])[["params_imagenet_hea
                                                              "paper_params", "feature_dim"]]
 
 # %%
-trees = run.hybrid.booster_.get_dump()
+trees = run.hybrid.xgb_.get_booster().get_dump()
 leaves = sum(tree.count("leaf=") for tree in trees)
 print(f"This run's XGBoost: {len(trees)} trees with {leaves:,} leaves in total, on {run.hybrid.n_features_in_} "
       f"features from {card['backbone']}.")
