@@ -96,7 +96,7 @@ def test_train_then_fit_hybrid(synthetic_root, tmp_path, capsys):
     loaded = HybridClassifier.load(tmp_path / "model")
     assert loaded.backbone == "efficientnet_lite0" and loaded.n_features_in_ == 1280
     (tmp_path / "train.json").write_text('{"profile": ')  # a damaged manifest: one line naming it
-    code, _, err = run_cli(["fit-hybrid", "--cnn", tmp_path, "--quiet"], capsys)
+    code, _, err = run_cli(["fit-hybrid", "--cnn", tmp_path, "--quiet", "--overwrite"], capsys)
     assert code == 2 and "train.json is not readable JSON" in err and err.count("\n") == 1
 
 

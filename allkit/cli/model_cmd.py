@@ -1,6 +1,8 @@
 """``allkit reproduce | train | fit-hybrid | evaluate | experiments | gradcam``: thin wrappers over the study layer."""
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +13,17 @@ from allkit.study.heatmaps import gradcam_files, save_overlays
 from allkit.study.profiles import PROFILES, get_profile
 from allkit.study.recipe_study import study_seeds
 from allkit.study.recipes import RECIPES
-from allkit.study.run import evaluate_folder, finetune, fit_hybrid, load_cnn, prepare, reproduce, save_cnn, with_recipe
+from allkit.study.run import (
+    evaluate_folder,
+    finetune,
+    fit_hybrid,
+    load_cnn,
+    prepare,
+    reproduce,
+    save_cnn,
+    with_recipe,
+    writing,
+)
 
 REPRODUCE_EXAMPLES = """\
 examples:
@@ -62,6 +74,21 @@ def _recipe(parser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (so that ``--epochs 0`` is refused before any work)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _overwrite(parser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+
+
 def register(commands, formatter) -> None:
     rep = commands.add_parser(
         "reproduce", help="the whole method end to end", epilog=REPRODUCE_EXAMPLES, formatter_class=formatter
@@ -69,6 +96,7 @@ def register(commands, formatter) -> None:
     _common(rep)
     _recipe(rep)
     rep.add_argument("--out", required=True, help="output folder (metrics.json, model/, figures)")
+    _overwrite(rep)
     rep.set_defaults(handler=run_reproduce)
 
     train = commands.add_parser(
@@ -77,7 +105,8 @@ def register(commands, formatter) -> None:
     _common(train)
     _recipe(train)
     train.add_argument("--out", required=True, help="output folder (cnn.pt, train.json, checkpoints/)")
-    train.add_argument("--epochs", type=int, help="override the profile's epochs")
+    train.add_argument("--epochs", type=positive_int, help="override the profile's epochs")
+    _overwrite(train)
     train.set_defaults(handler=run_train)
 
     fit = commands.add_parser(
@@ -86,6 +115,7 @@ def register(commands, formatter) -> None:
     fit.add_argument("--cnn", required=True, help="folder written by `allkit train`")
     fit.add_argument("--out", help="model folder (default: CNN_FOLDER/model)")
     fit.add_argument("--quiet", action="store_true")
+    _overwrite(fit)
     fit.set_defaults(handler=run_fit_hybrid)
 
     ev = commands.add_parser(
@@ -135,6 +165,7 @@ def run_reproduce(args) -> int:
         args.profile,
         args.data,
         out=args.out,
+        overwrite=args.overwrite,
         backbone=args.backbone,
         weights=args.weights,
         device=args.device,
@@ -157,13 +188,20 @@ def run_train(args) -> int:
     profile = with_recipe(args.profile, args.recipe)
     if args.epochs is not None:
         profile = profile.with_overrides(epochs=args.epochs)
-    prepared, model = prepare(
-        profile, args.data, backbone=args.backbone, weights=args.weights, device=args.device, progress=not args.quiet
-    )
-    out = Path(args.out)
-    trainer = finetune(prepared, model, args.recipe, checkpoint_dir=out / "checkpoints", progress=not args.quiet)
-    save_cnn(out, prepared, model, trainer.history_, recipe=args.recipe)
-    last = trainer.history_[-1]
+    with writing(args.out, overwrite=args.overwrite) as staging:  # claimed before any data preparation
+        prepared, model = prepare(
+            profile,
+            args.data,
+            backbone=args.backbone,
+            weights=args.weights,
+            device=args.device,
+            progress=not args.quiet,
+        )
+        trainer = finetune(
+            prepared, model, args.recipe, checkpoint_dir=staging / "checkpoints", progress=not args.quiet
+        )
+        save_cnn(staging, prepared, model, trainer.history_, recipe=args.recipe)
+    out, last = Path(args.out), trainer.history_[-1]
     print(
         f"trained {prepared.backbone} for {len(trainer.history_)} epoch(s): train acc {last['train_acc']:.3f}"
         + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "")
@@ -173,10 +211,11 @@ def run_train(args) -> int:
 
 
 def run_fit_hybrid(args) -> int:
-    prepared, model, recipe = load_cnn(args.cnn, progress=not args.quiet)
-    hybrid = fit_hybrid(prepared, model, recipe, progress=not args.quiet)
     out = Path(args.out) if args.out else Path(args.cnn) / "model"
-    hybrid.save(out)
+    with writing(out, overwrite=args.overwrite) as staging:
+        prepared, model, recipe = load_cnn(args.cnn, progress=not args.quiet)
+        hybrid = fit_hybrid(prepared, model, recipe, progress=not args.quiet)
+        hybrid.save(staging)
     if recipe.threshold == "validation":
         print(f"decision threshold on P(ALL), chosen on the validation cells: {hybrid.threshold:.3f}")
     for name in ("val", "test"):
@@ -190,6 +229,12 @@ def run_evaluate(args) -> int:
     result = evaluate_folder(
         args.model, args.data, allow_unknown_subjects=args.allow_unknown_subjects, progress=not args.json
     )
+    if result["seen_subjects"]:
+        print(
+            f"allkit: WARNING: {len(result['seen_subjects'])} of the subjects in {args.data} were used to train or "
+            f"select this model ({', '.join(result['seen_subjects'][:6])}): these scores are not on unseen people",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(result))
         return 0

@@ -28,7 +28,7 @@ import torch
 from scipy.special import softmax
 
 from allkit.errors import AllkitError, ConfigError
-from allkit.files import atomic_file, read_json, write_json
+from allkit.files import atomic_file, read_json, save_torch, write_json
 from allkit.hybrid import HybridClassifier
 from allkit.metrics import evaluate_with_ci
 from allkit.models import build_model
@@ -268,8 +268,7 @@ def run_variant(
     if variant.head == "imagenet":
         model = build_model(prepared.backbone, prepared.weights, num_classes=1000)
     trainer = finetune(prepared, model, recipe, seed=seed, progress=progress)
-    with atomic_file(folder / "cnn.pt") as handle:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
+    save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "cnn.pt")
     meta = {
         "variant": asdict(variant),
         "recipe": recipe.to_dict(),
