@@ -57,7 +57,16 @@ examples:
 
 def _common(parser, *, data_help="C-NMC root (default: ALLKIT_DATA, data/, synthetic)") -> None:
     parser.add_argument("--data", help=data_help)
-    parser.add_argument("--profile", choices=sorted(PROFILES), help="run profile (default: ALLKIT_PROFILE or sample)")
+    parser.add_argument(
+        "--test-data",
+        help="a folder of other people's cells to test on; --data then gives training and validation only "
+        "(default: ALLKIT_TEST_DATA; none: the test part is split from --data)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="run profile (default: ALLKIT_PROFILE; paper on Colab with a GPU, else sample)",
+    )
     parser.add_argument("--backbone", help="backbone name (default: the profile's, efficientnet_b0)")
     parser.add_argument("--weights", help="imagenet | offline | random | path/to/weights.pth (default: the profile's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -171,6 +180,7 @@ def run_reproduce(args) -> int:
         device=args.device,
         progress=not args.quiet,
         recipe=args.recipe,
+        test_data=args.test_data,
     )
     card = run.card
     print(
@@ -196,6 +206,7 @@ def run_train(args) -> int:
             weights=args.weights,
             device=args.device,
             progress=not args.quiet,
+            test_data=args.test_data,
         )
         trainer = finetune(
             prepared, model, args.recipe, checkpoint_dir=staging / "checkpoints", progress=not args.quiet
@@ -238,10 +249,19 @@ def run_evaluate(args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    ci = result["ci"]
+
+    def with_ci(name):
+        return f"{result[name]:.3f} [{ci[name]['low']:.3f}, {ci[name]['high']:.3f}]"
+
     print(
-        f"{result['n']} cells from {result['data']}: accuracy {result['accuracy']:.3f}, "
-        f"weighted F1 {result['weighted_f1']:.3f}"
-        + (f", ROC AUC {result['roc_auc']:.3f}" if result.get("roc_auc") is not None else "")
+        f"{result['n']} cells of {result['n_subjects']} people from {result['data']}:\n"
+        f"  accuracy {with_ci('accuracy')} (always answering the larger class: {result['majority_baseline']:.3f})\n"
+        f"  balanced accuracy {with_ci('balanced_accuracy')}, weighted F1 {with_ci('weighted_f1')}"
+        + (f", ROC AUC {with_ci('roc_auc')}" if result.get("roc_auc") is not None else "")
+        + f"\n  per person: mean accuracy {result['subject_mean_accuracy']:.3f}; diagnosis (mean P(ALL) > 0.5) right "
+        f"for {round(result['patient_level']['accuracy'] * result['n_subjects'])} of {result['n_subjects']}\n"
+        "  [95% intervals: bootstrap over people]"
     )
     print(format_table2(pd.DataFrame(result["table2"]).T))
     cm = result["confusion_matrix"]

@@ -42,13 +42,13 @@ from allkit.errors import AllkitError, ModelError
 from allkit.files import atomic_folder, read_json, save_torch, write_json
 from allkit.hybrid import HybridClassifier
 from allkit.inference import predict_proba
-from allkit.metrics import classification_table, evaluate, evaluate_with_ci, patient_level, patient_level_metrics
+from allkit.metrics import bootstrap_ci, classification_table, evaluate_with_ci, patient_level, patient_level_metrics
 from allkit.models import build_model, get_backbone
 from allkit.study import perf, plots
 from allkit.study.calibration import choose_threshold
 from allkit.study.profiles import Profile, get_profile
 from allkit.study.recipes import Recipe, get_recipe
-from allkit.study.workspace import data_root, runs_dir
+from allkit.study.workspace import data_root, runs_dir, test_data_root
 from allkit.train import Trainer
 
 CNN_FILE, TRAIN_FILE = "cnn.pt", "train.json"
@@ -75,9 +75,15 @@ def describe_device(device: torch.device) -> str:
     return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def make_split(frame: pd.DataFrame, profile: Profile) -> Split:
-    """The profile's split: the paper's (when the preliminary test set is present and asked for), else
-    by subject; ``"image"`` is the leaky by-image split with the subject split's part sizes."""
+def make_split(frame: pd.DataFrame, profile: Profile, external: pd.DataFrame | None = None) -> Split:
+    """The profile's split: the paper's (when the preliminary test set is present and asked for), else by
+    subject; ``"image"`` is the leaky by-image split with the subject split's part sizes. With ``external``
+    cells (a test set of other people), ``frame`` is split into training and validation only, by subject,
+    and ``external`` is the test part."""
+    if external is not None and profile.split != "image":
+        inside = split_by_subject(frame, val_size=profile.val_size, test_size=0, seed=profile.seed)
+        test = external.assign(split="test").reset_index(drop=True)
+        return Split(inside.train, inside.val, test, protocol="subject+external", seed=profile.seed)
     has_prelim = (frame["fold"] == "prelim").any()
     if profile.split in ("paper", "auto") and has_prelim:
         return split_paper(frame, seed=profile.seed)
@@ -114,6 +120,7 @@ class Prepared:
     normalize: object
     device: torch.device
     notes: list[str] = field(default_factory=list)
+    test_root: Path | None = None  # an external test set of other people (the test part), if any
 
     def card(self) -> dict:
         counts = {
@@ -129,6 +136,7 @@ class Prepared:
             "profile": self.profile.name,
             "data": str(self.data_root),
             "data_source": self.data_source,
+            "test_data": None if self.test_root is None else str(self.test_root),
             "synthetic": self.synthetic,
             "split": self.split.protocol,
             "counts": counts,
@@ -175,15 +183,19 @@ def prepare(
     progress=True,
     split=None,
     init_seed: int | None = None,
+    test_data=None,
 ) -> tuple[Prepared, torch.nn.Module]:
     """Load and split the data, cache it, build the model. ``split``: a callable ``frame → Split`` instead
-    of the profile's. ``init_seed`` (default: the profile's seed) seeds the new head's initialisation."""
+    of the profile's. ``init_seed`` (default: the profile's seed) seeds the new head's initialisation.
+    ``test_data`` (default ``ALLKIT_TEST_DATA``): a folder of other people's cells, the test part."""
     perf.speed_up()
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     root, source = data_root(data)
+    test_root = test_data_root(test_data)
     device = select_device(device)
     cells = load_cnmc(root)
-    chosen_split = split(cells.frame) if split is not None else make_split(cells.frame, profile)
+    external = None if test_root is None else load_cnmc(test_root).frame.assign(fold="external")
+    chosen_split = split(cells.frame) if split is not None else make_split(cells.frame, profile, external)
     frames = {
         "train": _subset(chosen_split.train, profile.max_train_cells, profile.seed),
         "val": _subset(chosen_split.val, profile.max_eval_cells, profile.seed),
@@ -222,6 +234,7 @@ def prepare(
         normalize,
         device,
         notes,
+        test_root,
     )
     return prepared, model
 
@@ -295,9 +308,16 @@ def evaluate_predictions(frame: pd.DataFrame, proba: np.ndarray, *, n_boot: int,
     y_true, score, subjects = frame["label"].to_numpy(), proba[:, 1], frame["subject"].to_numpy()
     y_pred = (proba.argmax(1) if threshold is None else score > threshold).astype(int)
     result = evaluate_with_ci(y_true, y_pred, subjects, y_score=score, n_boot=n_boot, seed=seed)
+    result["ci"]["balanced_accuracy"] = bootstrap_ci(
+        y_true, y_pred, subjects, "balanced_accuracy", n_boot=n_boot, seed=seed
+    )
+    result["majority_baseline"] = float(max(y_true.mean(), 1 - y_true.mean()))  # always answering the larger class
     result["table2"] = json.loads(classification_table(y_true, y_pred).to_json(orient="index"))
     patients = patient_level(y_true, score, subjects)
+    right = pd.Series(y_true == y_pred).groupby(subjects).mean()  # each person's share of cells called right
+    patients["accuracy"] = right.loc[patients["subject"]].to_numpy()
     result["patient_level"] = patient_level_metrics(patients)
+    result["subject_mean_accuracy"] = float(patients["accuracy"].mean())
     result["patients"] = json.loads(patients.to_json(orient="records"))
     return result
 
@@ -414,6 +434,7 @@ def reproduce(
     progress=True,
     figures=True,
     recipe=None,
+    test_data=None,
 ) -> Run:
     """The whole method: fine-tune, CNN alone on the test cells, hybrid, scores with intervals, figures.
     Writes ``out/metrics.json``, ``out/model/``, ``out/history.json`` and the figures (see :func:`writing`
@@ -422,7 +443,9 @@ def reproduce(
     profile = with_recipe(profile, chosen)
     out = Path(out) if out is not None else runs_dir() / profile.name
     with writing(out, overwrite=overwrite) as staging:
-        prepared, model = prepare(profile, data, backbone=backbone, weights=weights, device=device, progress=progress)
+        prepared, model = prepare(
+            profile, data, backbone=backbone, weights=weights, device=device, progress=progress, test_data=test_data
+        )
         if "test" not in prepared.datasets:
             raise AllkitError("the split has no test cells; there is nothing to evaluate on")
         t0 = time.perf_counter()
@@ -488,6 +511,7 @@ def rebuild_prepared(run: Run, *, progress: bool = True) -> Prepared:
         prepared, _ = prepare(
             Profile(**run.metrics["profile"]),
             run.card["data"],
+            test_data=run.card.get("test_data") or False,
             backbone=run.card["backbone"],
             weights=str(cnn),
             progress=progress,
@@ -527,7 +551,14 @@ def load_cnn(folder, *, progress: bool = True) -> tuple[Prepared, torch.nn.Modul
         raise AllkitError(
             f"{folder / TRAIN_FILE} has a missing or invalid value ({err}); rerun `allkit train`"
         ) from None
-    prepared, model = prepare(profile, data, backbone=backbone, weights=str(folder / CNN_FILE), progress=progress)
+    prepared, model = prepare(
+        profile,
+        data,
+        backbone=backbone,
+        weights=str(folder / CNN_FILE),
+        progress=progress,
+        test_data=card.get("test_data") or False,
+    )
     trained, now = manifest.get("split"), split_record(prepared)
     if trained is not None and trained["sha256"] != now["sha256"]:
         moved = {
@@ -557,11 +588,8 @@ def evaluate_folder(model_dir, data, *, allow_unknown_subjects=False, progress=T
     perf.speed_up()
     hybrid = HybridClassifier.load(model_dir, progress=progress)
     cells, dataset = folder_cells(hybrid, data, allow_unknown_subjects=allow_unknown_subjects, progress=progress)
-    proba = hybrid.predict_proba(dataset)
-    y_true = cells.frame["label"].to_numpy()
-    y_pred = (proba[:, 1] > float(hybrid.threshold)).astype(int)  # the saved model's decision threshold
-    result = evaluate(y_true, y_pred, proba[:, 1], subjects=cells.frame["subject"].to_numpy())
-    result["table2"] = json.loads(classification_table(y_true, y_pred).to_json(orient="index"))
+    proba = hybrid.predict_proba(dataset)  # ALL above the saved model's decision threshold:
+    result = evaluate_predictions(cells.frame, proba, n_boot=1000, seed=0, threshold=float(hybrid.threshold))
     split = (getattr(hybrid, "provenance_", None) or {}).get("split") or {}
     seen = set(split.get("subjects", {}).get("train", [])) | set(split.get("subjects", {}).get("val", []))
     seen |= set((getattr(hybrid, "provenance_", None) or {}).get("fit_subjects", []))
