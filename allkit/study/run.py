@@ -45,6 +45,7 @@ from allkit.inference import predict_proba
 from allkit.metrics import bootstrap_ci, classification_table, evaluate_with_ci, patient_level, patient_level_metrics
 from allkit.models import build_model, get_backbone
 from allkit.study import perf, plots
+from allkit.study.across import balanced_frame, freeze_early_layers
 from allkit.study.calibration import choose_threshold
 from allkit.study.profiles import Profile, get_profile
 from allkit.study.recipes import Recipe, get_recipe
@@ -254,8 +255,13 @@ def finetune(
     if chosen.name == "paper":
         kwargs["lr"] = p.lr  # a profile that sets its own learning rate keeps it under the paper's recipe
     kwargs["keep_best"] = kwargs["keep_best"] and "val" in prepared.datasets
+    train = prepared.datasets["train"]
+    if chosen.balanced_sampling:
+        train = CellDataset(train.cache, balanced_frame(train.frame, p.seed if seed is None else seed))
+    if chosen.freeze:
+        freeze_early_layers(model, chosen.freeze)
     trainer = Trainer(
-        epochs=p.epochs,
+        epochs=chosen.epochs or p.epochs,
         batch_size=p.batch_size,
         seed=p.seed if seed is None else seed,
         normalize=prepared.normalize,
@@ -265,7 +271,7 @@ def finetune(
         checkpoint_dir=checkpoint_dir,
         **kwargs,
     )
-    return trainer.fit(model, prepared.datasets["train"], prepared.datasets.get("val"))
+    return trainer.fit(model, train, prepared.datasets.get("val"))
 
 
 def fit_hybrid(
