@@ -1,12 +1,15 @@
 """Files written so that nobody ever reads half of one, and read back with errors that name them."""
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import torch
 
 
 def _umask() -> int:
@@ -33,6 +36,19 @@ def atomic_file(path, mode: str = "wb"):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def save_torch(payload, path) -> None:
+    """``torch.save`` through :func:`atomic_file`. torch reports a full disk as a ``RuntimeError`` ("enforce
+    fail at inline_container.cc ..."); it is re-raised as the ``OSError`` it is, naming the file."""
+    try:
+        with atomic_file(path) as handle:
+            torch.save(payload, handle)
+    except RuntimeError as err:
+        free = shutil.disk_usage(Path(path).parent).free / 2**20
+        raise OSError(
+            errno.EIO, f"cannot write {path} ({free:.0f} MiB free there): {str(err).splitlines()[0]}"
+        ) from err
 
 
 def write_json(path, payload, *, default=None, indent: int | None = 2) -> None:

@@ -14,6 +14,7 @@ A scikit-learn estimator: ``fit`` takes a dataset of cells (or a feature array w
 CNN's state_dict, XGBoost's JSON, and a manifest with the sha256 of each file, checked on load.
 """
 
+import hashlib
 import json
 import platform
 from datetime import datetime, timezone
@@ -28,11 +29,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
-from allkit.constants import BATCH_SIZE, CLASS_TO_LABEL, SEED, XGB_ETA
+from allkit.constants import CLASS_TO_LABEL, SEED, XGB_ETA
 from allkit.data import CellDataset
 from allkit.device import select_device
 from allkit.errors import ConfigError, ModelError
-from allkit.files import atomic_folder, read_json, sha256_file, write_json
+from allkit.files import atomic_folder, read_json, save_torch, sha256_file, write_json
 from allkit.inference import predict
 from allkit.models import PooledFeatures, build_model, get_backbone, head
 from allkit.transforms import mean_std
@@ -70,7 +71,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         n_estimators=100,
         max_depth=6,
         xgb_params=None,
-        batch_size=BATCH_SIZE,
+        batch_size=None,
         device="auto",
         seed=SEED,
         tta=False,
@@ -99,6 +100,8 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"feature_source={self.feature_source!r}; expected 'features' or 'logits'")
         for name in ("n_estimators", "max_depth", "batch_size"):
             value = getattr(self, name)
+            if value is None and name == "batch_size":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"{name}={value!r}; expected a positive integer")
         if not (isinstance(self.eta, (int, float)) and 0 < self.eta <= 1):
@@ -131,7 +134,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
             self.backbone,
             source=self.feature_source,
             view=view,
-            batch_size=int(self.batch_size),
+            batch_size=None if self.batch_size is None else int(self.batch_size),
             device=select_device(self.device),
             normalize=self.normalize,
             progress=self.progress,
@@ -165,6 +168,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
             delattr(self, attr)
         if isinstance(X, CellDataset):
             self.preprocessing_ = {"size": X.cache.size, "crop_ratio": round(X.cache.crop_ratio, 6)}
+            self.provenance_ = {"fit_subjects": sorted(X.frame["subject"].astype(str).unique())}
         features, labels = self._features(X, y)
         if labels is None or len(np.unique(labels)) < 2:
             raise ConfigError("the training data needs labels of both classes (HEM = 0 and ALL = 1)")
@@ -230,7 +234,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         params["normalize"] = mean_std(self.normalize) or False
         try:
             with atomic_folder(target) as tmp:
-                torch.save({k: v.detach().cpu() for k, v in self.cnn.state_dict().items()}, tmp / CNN_FILE)
+                save_torch({k: v.detach().cpu() for k, v in self.cnn.state_dict().items()}, tmp / CNN_FILE)
                 self.xgb_.save_model(tmp / XGB_FILE)
                 manifest = {
                     "format": FORMAT,
@@ -243,6 +247,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
                     "preprocessing": getattr(self, "preprocessing_", None),
                     "params": json.loads(json.dumps(params, default=str)),
                     "evals_result": self.evals_result_,
+                    "provenance": getattr(self, "provenance_", None),
                     "files": {name: sha256_file(tmp / name) for name in (CNN_FILE, XGB_FILE)},
                     "versions": {
                         "python": platform.python_version(),
@@ -252,8 +257,8 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
                         "sklearn": sklearn.__version__,
                     },
                 }
-                write_json(tmp / MANIFEST, manifest)
-        except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError
+                write_json(tmp / MANIFEST, {**manifest, "sha256": _content_sha256(manifest)})
+        except OSError as err:
             raise ModelError(
                 f"cannot save the model to {target}: {str(err).splitlines()[0]}; "
                 "an earlier model there, if any, is unchanged"
@@ -270,6 +275,11 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         manifest = read_json(folder / MANIFEST, ModelError, f"; {folder} is not a model folder written by save()")
         if not isinstance(manifest, dict) or (manifest.get("format"), manifest.get("version")) != (FORMAT, VERSION):
             raise ModelError(f"{folder / MANIFEST} is not an allkit model of this version ({FORMAT} {VERSION})")
+        if manifest.pop("sha256", None) != _content_sha256(manifest):
+            raise ModelError(
+                f"{folder / MANIFEST} was edited after the model was saved (its content no longer matches "
+                "its sha256); save the model again instead of editing it"
+            )
         if manifest.get("classes") != CLASS_TO_LABEL:
             raise ModelError(f"{folder / MANIFEST}: classes {manifest.get('classes')}; expected {CLASS_TO_LABEL}")
         for name, digest in (manifest.get("files") or {}).items():
@@ -314,4 +324,10 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
             model.preprocessing_ = pre
         model.classes_, model.n_features_in_ = np.array([0, 1]), dim
         model.evals_result_ = manifest.get("evals_result") or {}
+        model.provenance_ = manifest.get("provenance")
         return model
+
+
+def _content_sha256(manifest: dict) -> str:
+    """A hash of the manifest's own values, so that an edited threshold or size is refused, not used."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()

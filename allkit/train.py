@@ -29,7 +29,7 @@ from allkit.constants import BATCH_SIZE, EPOCHS, LEARNING_RATE, SEED
 from allkit.data import CellDataset, make_loader
 from allkit.device import amp_dtype, autocast, select_device
 from allkit.errors import ConfigError, ModelError
-from allkit.files import atomic_file
+from allkit.files import save_torch
 from allkit.inference import evaluate, model_layout, prepare
 from allkit.transforms import BatchAugment, mean_std, to_model_input
 
@@ -155,10 +155,10 @@ class Trainer:
             batches = tqdm(
                 itertools.islice(loader, steps), total=steps, desc=f"Epoch {epoch}", disable=not self.progress
             )
-            generator = torch.Generator().manual_seed(augment_seed)
+            generator = torch.Generator(device).manual_seed(augment_seed)  # draws where the batch is: no sync
             record = train_one_epoch(model, batches, optimizer, loss_fn, generator=generator, **kit)
             if val is not None:
-                scores = evaluate(model, val, batch_size=self.batch_size, normalize=self.normalize, amp=self.amp)
+                scores = evaluate(model, val, normalize=self.normalize, amp=self.amp)
                 record.update(val_loss=scores["loss"], val_acc=scores["accuracy"])
                 best = self._remember(best, model, epoch, scores)
             self.history_.append({"epoch": epoch, **record, "lr": optimizer.param_groups[0]["lr"]})
@@ -267,14 +267,7 @@ class Trainer:
             best_epoch=self.best_epoch_,
             best=best,
         )
-        try:
-            with atomic_file(self.checkpoint_path) as handle:
-                torch.save(payload, handle)
-        except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError
-            raise ModelError(
-                f"cannot write the checkpoint {self.checkpoint_path}: {str(err).splitlines()[0]}; "
-                "the previous checkpoint, if any, is unchanged"
-            ) from err
+        save_torch(payload, self.checkpoint_path)
 
     def _resume(self, model, optimizer, kit: dict, n_train: int) -> dict:
         if self.checkpoint_path is None:

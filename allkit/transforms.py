@@ -78,10 +78,10 @@ class BatchAugment(torch.nn.Module):
     drawn uniformly in ``[-degrees, degrees]`` (counter-clockwise, about the centre, nearest neighbour,
     black corners) — ``RandomHorizontalFlip → RandomVerticalFlip → RandomRotation``, per sample.
 
-    Draws come from ``generator`` (a CPU generator; the global RNG if ``None``), so a seed gives the same
-    draws on every device. A uint8 batch on the CPU is transformed image by image with Pillow, exactly as
-    torchvision transforms the paper's PIL images (and faster than batched resampling on a CPU); any other
-    batch (the GPU) is flipped and rotated as a whole with ``grid_sample``, without syncing the device."""
+    Draws come from ``generator`` (the global CPU RNG if ``None``), on that generator's device. A uint8
+    batch on the CPU is transformed image by image with Pillow, exactly as torchvision transforms the paper's
+    PIL images (and faster than batched resampling on a CPU); any other batch (the GPU) is flipped and
+    rotated as a whole with ``grid_sample``, without syncing the device."""
 
     def __init__(self, p_hflip=FLIP_PROBABILITY, p_vflip=FLIP_PROBABILITY, degrees=ROTATION_DEGREES):
         super().__init__()
@@ -96,10 +96,12 @@ class BatchAugment(torch.nn.Module):
         return f"p_hflip={self.p_hflip}, p_vflip={self.p_vflip}, degrees={self.degrees}"
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each cell's random parameters: horizontal flip?, vertical flip?, angle in degrees (drawn in that order)."""
-        hflip = torch.rand(n, generator=generator) < self.p_hflip
-        vflip = torch.rand(n, generator=generator) < self.p_vflip
-        return hflip, vflip, (torch.rand(n, generator=generator) * 2 - 1) * self.degrees
+        """Each cell's random parameters: horizontal flip?, vertical flip?, angle in degrees (drawn in that
+        order, on the generator's device: on a GPU the draws never travel through the host)."""
+        device = generator.device if generator is not None else "cpu"
+        hflip = torch.rand(n, generator=generator, device=device) < self.p_hflip
+        vflip = torch.rand(n, generator=generator, device=device) < self.p_vflip
+        return hflip, vflip, (torch.rand(n, generator=generator, device=device) * 2 - 1) * self.degrees
 
     def apply(self, batch: torch.Tensor, hflip, vflip, angle) -> torch.Tensor:
         """The flips and rotations :meth:`draw` chose, applied to ``batch`` [B, C, H, W]."""

@@ -17,6 +17,9 @@ from allkit.study.synthetic import make_synthetic_cnmc  # noqa: E402
 matplotlib.use("Agg")
 
 REAL_DATA = os.environ.get("ALLKIT_DATA")
+# The external test set (CI sets it beside the real sample): only the tests that ask for it use it; every
+# other test builds its own data and must not get other people's cells as its test part.
+REAL_TEST_DATA = os.environ.pop("ALLKIT_TEST_DATA", None)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,6 +70,14 @@ def cached_train_test(root: Path, *, cache_size: int, **synthetic) -> dict:
 def train_test_factory():
     """:func:`cached_train_test`, for module-scoped data fixtures."""
     return cached_train_test
+
+
+@pytest.fixture(scope="session")
+def external_root() -> Path:
+    """The external test set of other people (../shared/external), when ALLKIT_TEST_DATA points at it."""
+    if not REAL_TEST_DATA or not Path(REAL_TEST_DATA).is_dir():
+        pytest.skip("external test set not available (set ALLKIT_TEST_DATA=../shared/external)")
+    return Path(REAL_TEST_DATA)
 
 
 @pytest.fixture(scope="session")

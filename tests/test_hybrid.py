@@ -356,12 +356,24 @@ def _copy(saved: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(saved, tmp_path / "copy"))
 
 
-def _edit_manifest(folder: Path, params=None, **changes) -> None:
+def _edit_manifest(folder: Path, params=None, *, sign=True, **changes) -> None:
+    """Edit saved values; with ``sign`` also recompute the manifest's own sha256, as someone crafting a
+    manifest would, so that the checks of each value (behind that signature) are what is tested."""
     path = folder / "manifest.json"
     manifest = json.loads(path.read_text())
+    manifest.pop("sha256")
     manifest.update(changes)
     manifest["params"].update(params or {})
+    if sign:
+        manifest["sha256"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     path.write_text(json.dumps(manifest))
+
+
+def test_an_edited_manifest_is_refused_by_its_own_sha256(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    _edit_manifest(folder, {"threshold": 0.3}, sign=False)  # a valid value, but not what was saved
+    with pytest.raises(ModelError, match="was edited after the model was saved"):
+        HybridClassifier.load(folder)
 
 
 def test_save_load_round_trip(data, lite_hybrid, saved):

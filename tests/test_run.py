@@ -96,7 +96,7 @@ def test_train_then_fit_hybrid(synthetic_root, tmp_path, capsys):
     loaded = HybridClassifier.load(tmp_path / "model")
     assert loaded.backbone == "efficientnet_lite0" and loaded.n_features_in_ == 1280
     (tmp_path / "train.json").write_text('{"profile": ')  # a damaged manifest: one line naming it
-    code, _, err = run_cli(["fit-hybrid", "--cnn", tmp_path, "--quiet"], capsys)
+    code, _, err = run_cli(["fit-hybrid", "--cnn", tmp_path, "--quiet", "--overwrite"], capsys)
     assert code == 2 and "train.json is not readable JSON" in err and err.count("\n") == 1
 
 
@@ -254,3 +254,28 @@ def test_prepare_seeds_the_new_head(synthetic_root):
     _, c = prepare("ci", synthetic_root, backbone="efficientnet_lite0", weights="offline", progress=False, init_seed=7)
     wa, wb, wc = (head(m, "efficientnet_lite0").weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_real_sample_tested_on_the_external_people(real_root, external_root, tmp_path):
+    """Fold 1 for training and validation (by subject), the 38 other people of ../shared/external as the test
+    part: no person on two sides, and `allkit evaluate` on the external folder sees no training subject."""
+    run = reproduce(
+        "ci",
+        real_root,
+        out=tmp_path / "run",
+        backbone="efficientnet_lite0",
+        weights="offline",
+        progress=False,
+        figures=False,
+        test_data=external_root,
+    )
+    split, card = run.metrics["split"], run.metrics["run_card"]
+    assert card["split"] == "subject+external" and card["test_data"] == str(external_root)
+    external_people = set(load_cnmc(external_root).frame["subject"])
+    assert set(split["subjects"]["test"]) <= external_people
+    assert external_people.isdisjoint(split["subjects"]["train"] + split["subjects"]["val"])
+    hem_train = [s for s in split["subjects"]["train"] if s.startswith("H")]
+    assert len(hem_train) >= 2, f"at least two healthy donors to learn from, got {hem_train}"
+    result = allkit.study.run.evaluate_folder(run.out / "model", external_root, progress=False)
+    assert result["seen_subjects"] == [] and result["n_subjects"] == len(external_people)
+    assert 0 <= result["ci"]["balanced_accuracy"]["low"] <= result["balanced_accuracy"] <= 1

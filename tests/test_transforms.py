@@ -106,7 +106,7 @@ def test_decode_shape_and_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.bmp"):
         decode_cell(tmp_path / "missing.bmp")
     (tmp_path / "junk.bmp").write_bytes(b"not an image")
-    with pytest.raises(OSError, match="junk.bmp"):
+    with pytest.raises(DataError, match="junk.bmp.*not a readable image"):
         decode_cell(tmp_path / "junk.bmp")
 
 

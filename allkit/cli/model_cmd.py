@@ -1,6 +1,8 @@
 """``allkit reproduce | train | fit-hybrid | evaluate | experiments | gradcam``: thin wrappers over the study layer."""
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +13,17 @@ from allkit.study.heatmaps import gradcam_files, save_overlays
 from allkit.study.profiles import PROFILES, get_profile
 from allkit.study.recipe_study import study_seeds
 from allkit.study.recipes import RECIPES
-from allkit.study.run import evaluate_folder, finetune, fit_hybrid, load_cnn, prepare, reproduce, save_cnn, with_recipe
+from allkit.study.run import (
+    evaluate_folder,
+    finetune,
+    fit_hybrid,
+    load_cnn,
+    prepare,
+    reproduce,
+    save_cnn,
+    with_recipe,
+    writing,
+)
 
 REPRODUCE_EXAMPLES = """\
 examples:
@@ -45,7 +57,16 @@ examples:
 
 def _common(parser, *, data_help="C-NMC root (default: ALLKIT_DATA, data/, synthetic)") -> None:
     parser.add_argument("--data", help=data_help)
-    parser.add_argument("--profile", choices=sorted(PROFILES), help="run profile (default: ALLKIT_PROFILE or sample)")
+    parser.add_argument(
+        "--test-data",
+        help="a folder of other people's cells to test on; --data then gives training and validation only "
+        "(default: ALLKIT_TEST_DATA; none: the test part is split from --data)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="run profile (default: ALLKIT_PROFILE; paper on Colab with a GPU, else sample)",
+    )
     parser.add_argument("--backbone", help="backbone name (default: the profile's, efficientnet_b0)")
     parser.add_argument("--weights", help="imagenet | offline | random | path/to/weights.pth (default: the profile's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -62,6 +83,21 @@ def _recipe(parser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (so that ``--epochs 0`` is refused before any work)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _overwrite(parser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+
+
 def register(commands, formatter) -> None:
     rep = commands.add_parser(
         "reproduce", help="the whole method end to end", epilog=REPRODUCE_EXAMPLES, formatter_class=formatter
@@ -69,6 +105,7 @@ def register(commands, formatter) -> None:
     _common(rep)
     _recipe(rep)
     rep.add_argument("--out", required=True, help="output folder (metrics.json, model/, figures)")
+    _overwrite(rep)
     rep.set_defaults(handler=run_reproduce)
 
     train = commands.add_parser(
@@ -77,7 +114,8 @@ def register(commands, formatter) -> None:
     _common(train)
     _recipe(train)
     train.add_argument("--out", required=True, help="output folder (cnn.pt, train.json, checkpoints/)")
-    train.add_argument("--epochs", type=int, help="override the profile's epochs")
+    train.add_argument("--epochs", type=positive_int, help="override the profile's epochs")
+    _overwrite(train)
     train.set_defaults(handler=run_train)
 
     fit = commands.add_parser(
@@ -86,6 +124,7 @@ def register(commands, formatter) -> None:
     fit.add_argument("--cnn", required=True, help="folder written by `allkit train`")
     fit.add_argument("--out", help="model folder (default: CNN_FOLDER/model)")
     fit.add_argument("--quiet", action="store_true")
+    _overwrite(fit)
     fit.set_defaults(handler=run_fit_hybrid)
 
     ev = commands.add_parser(
@@ -135,11 +174,13 @@ def run_reproduce(args) -> int:
         args.profile,
         args.data,
         out=args.out,
+        overwrite=args.overwrite,
         backbone=args.backbone,
         weights=args.weights,
         device=args.device,
         progress=not args.quiet,
         recipe=args.recipe,
+        test_data=args.test_data,
     )
     card = run.card
     print(
@@ -157,13 +198,21 @@ def run_train(args) -> int:
     profile = with_recipe(args.profile, args.recipe)
     if args.epochs is not None:
         profile = profile.with_overrides(epochs=args.epochs)
-    prepared, model = prepare(
-        profile, args.data, backbone=args.backbone, weights=args.weights, device=args.device, progress=not args.quiet
-    )
-    out = Path(args.out)
-    trainer = finetune(prepared, model, args.recipe, checkpoint_dir=out / "checkpoints", progress=not args.quiet)
-    save_cnn(out, prepared, model, trainer.history_, recipe=args.recipe)
-    last = trainer.history_[-1]
+    with writing(args.out, overwrite=args.overwrite) as staging:  # claimed before any data preparation
+        prepared, model = prepare(
+            profile,
+            args.data,
+            backbone=args.backbone,
+            weights=args.weights,
+            device=args.device,
+            progress=not args.quiet,
+            test_data=args.test_data,
+        )
+        trainer = finetune(
+            prepared, model, args.recipe, checkpoint_dir=staging / "checkpoints", progress=not args.quiet
+        )
+        save_cnn(staging, prepared, model, trainer.history_, recipe=args.recipe)
+    out, last = Path(args.out), trainer.history_[-1]
     print(
         f"trained {prepared.backbone} for {len(trainer.history_)} epoch(s): train acc {last['train_acc']:.3f}"
         + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "")
@@ -173,10 +222,11 @@ def run_train(args) -> int:
 
 
 def run_fit_hybrid(args) -> int:
-    prepared, model, recipe = load_cnn(args.cnn, progress=not args.quiet)
-    hybrid = fit_hybrid(prepared, model, recipe, progress=not args.quiet)
     out = Path(args.out) if args.out else Path(args.cnn) / "model"
-    hybrid.save(out)
+    with writing(out, overwrite=args.overwrite) as staging:
+        prepared, model, recipe = load_cnn(args.cnn, progress=not args.quiet)
+        hybrid = fit_hybrid(prepared, model, recipe, progress=not args.quiet)
+        hybrid.save(staging)
     if recipe.threshold == "validation":
         print(f"decision threshold on P(ALL), chosen on the validation cells: {hybrid.threshold:.3f}")
     for name in ("val", "test"):
@@ -190,13 +240,28 @@ def run_evaluate(args) -> int:
     result = evaluate_folder(
         args.model, args.data, allow_unknown_subjects=args.allow_unknown_subjects, progress=not args.json
     )
+    if result["seen_subjects"]:
+        print(
+            f"allkit: WARNING: {len(result['seen_subjects'])} of the subjects in {args.data} were used to train or "
+            f"select this model ({', '.join(result['seen_subjects'][:6])}): these scores are not on unseen people",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(result))
         return 0
+    ci = result["ci"]
+
+    def with_ci(name):
+        return f"{result[name]:.3f} [{ci[name]['low']:.3f}, {ci[name]['high']:.3f}]"
+
     print(
-        f"{result['n']} cells from {result['data']}: accuracy {result['accuracy']:.3f}, "
-        f"weighted F1 {result['weighted_f1']:.3f}"
-        + (f", ROC AUC {result['roc_auc']:.3f}" if result.get("roc_auc") is not None else "")
+        f"{result['n']} cells of {result['n_subjects']} people from {result['data']}:\n"
+        f"  accuracy {with_ci('accuracy')} (always answering the larger class: {result['majority_baseline']:.3f})\n"
+        f"  balanced accuracy {with_ci('balanced_accuracy')}, weighted F1 {with_ci('weighted_f1')}"
+        + (f", ROC AUC {with_ci('roc_auc')}" if result.get("roc_auc") is not None else "")
+        + f"\n  per person: mean accuracy {result['subject_mean_accuracy']:.3f}; diagnosis (mean P(ALL) > 0.5) right "
+        f"for {round(result['patient_level']['accuracy'] * result['n_subjects'])} of {result['n_subjects']}\n"
+        "  [95% intervals: bootstrap over people]"
     )
     print(format_table2(pd.DataFrame(result["table2"]).T))
     cm = result["confusion_matrix"]

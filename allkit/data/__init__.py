@@ -2,7 +2,7 @@
 
 Labels everywhere: ALL (malignant) = 1, HEM (normal) = 0."""
 
-from allkit.data.cache import CellCache, build_cache, cache_dir, decode_cell, to_rgb
+from allkit.data.cache import CellCache, build_cache, cache_dir, decode_cell, read_cell, to_rgb
 from allkit.data.dataset import CellDataset, make_loader
 from allkit.data.records import CNMC, COLUMNS, find_cnmc_root, load_cnmc, parse_cell_name, summarize
 from allkit.data.splits import (
@@ -24,6 +24,7 @@ __all__ = [
     "cache_dir",
     "check_leakage",
     "decode_cell",
+    "read_cell",
     "find_cnmc_root",
     "load_cnmc",
     "make_loader",

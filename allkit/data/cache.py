@@ -11,6 +11,8 @@ file renamed into place, so an interrupted build never leaves a cache that looks
 """
 
 import hashlib
+import io
+import json
 import os
 import shutil
 import tempfile
@@ -27,8 +29,9 @@ from tqdm.auto import tqdm
 
 from allkit.constants import CROP_RATIO, IMAGE_SIZE
 from allkit.errors import ConfigError, DataError
+from allkit.files import write_json
 
-VERSION = 2
+VERSION = 3
 
 
 def cache_dir() -> Path:
@@ -48,6 +51,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def read_cell(path, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -> tuple[np.ndarray, str]:
+    """A cell file → its decoded pixels (:func:`decode_cell`) and the sha1 of its bytes, reading it once: the
+    same check for ``allkit data check`` and for the cache, which keeps the hashes to find copies."""
+    with open(path, "rb") as handle:
+        payload = handle.read()
+    try:
+        with Image.open(io.BytesIO(payload)) as image:
+            image.load()
+            return decode_cell(image, size, crop_ratio), hashlib.sha1(payload).hexdigest()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # Pillow's many ways to fail
+        raise DataError(f"{path}: not a readable image ({err})") from err
+
+
 def decode_cell(image, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -> np.ndarray:
     """One cell (a PIL image or a path) → uint8 ``(size, size, 3)``: RGB, square centre crop of
     ``crop_ratio`` × the shorter side (448/450: the paper's CenterCrop(448)), bilinear resize to ``size``."""
@@ -56,9 +72,7 @@ def decode_cell(image, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -
     if not 0 < crop_ratio <= 1:
         raise ConfigError(f"crop_ratio={crop_ratio!r}; expected a fraction in (0, 1]")
     if not isinstance(image, Image.Image):
-        with Image.open(image) as opened:
-            opened.load()
-            return decode_cell(opened, size, crop_ratio)
+        return read_cell(image, size, crop_ratio)[0]
     image = to_rgb(image)
     shorter = min(image.size)
     image = F.center_crop(image, [max(1, min(shorter, round(crop_ratio * shorter)))] * 2)
@@ -73,6 +87,11 @@ class CellCache:
     frame: pd.DataFrame
     size: int
     crop_ratio: float
+
+    @property
+    def sha1(self) -> list[str]:
+        """The sha1 of each cached cell's file (identical files, e.g. a cell stored under two subjects, match)."""
+        return json.loads(self.path.with_suffix(".sha1.json").read_text())
 
     @property
     def images(self) -> np.ndarray:
@@ -121,7 +140,7 @@ def build_cache(
     except OSError as err:
         raise DataError(f"cannot read {err.filename}: {err.strerror}") from None
     npy = folder / f"cells-{size}-{key}.npy"
-    if npy.is_file():
+    if npy.is_file() and npy.with_suffix(".sha1.json").is_file():
         try:
             if np.load(npy, mmap_mode="r").shape == (len(frame), size, size, 3):
                 return CellCache(npy, frame, size, crop_ratio)
@@ -137,14 +156,18 @@ def build_cache(
         )
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{npy.stem}.", suffix=".tmp")
     os.close(fd)
+    sha1 = [""] * len(frame)
     try:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(frame), size, size, 3))
+        if hasattr(os, "posix_fallocate"):  # claim the disk now: a full disk is an OSError here, not a SIGBUS later
+            with open(tmp, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.path.getsize(tmp))
 
         def decode(i: int, images=images) -> str | None:
             try:
-                images[i] = decode_cell(frame.at[i, "path"], size, crop_ratio)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-                return f"{frame.at[i, 'path']}: not a readable image ({err})"
+                images[i], sha1[i] = read_cell(frame.at[i, "path"], size, crop_ratio)
+            except (OSError, DataError) as err:
+                return str(err)
             return None
 
         pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
@@ -162,6 +185,7 @@ def build_cache(
             pool.shutdown(cancel_futures=True)
         images.flush()
         del images
+        write_json(npy.with_suffix(".sha1.json"), sha1, indent=None)
         os.replace(tmp, npy)
     finally:
         if os.path.exists(tmp):

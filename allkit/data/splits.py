@@ -39,12 +39,22 @@ class Split:
         return summarize(self.frame)
 
 
-def check_leakage(parts: dict[str, pd.DataFrame]) -> None:
-    """Raise :class:`SubjectLeakageError` if a subject has cells in two of ``parts``."""
+def check_leakage(parts: dict[str, pd.DataFrame], sha1: dict[str, str] | None = None) -> None:
+    """Raise :class:`SubjectLeakageError` if a subject has cells in two of ``parts``, or, given ``sha1``
+    (path → hash of the file, :attr:`allkit.data.CellCache.sha1`), if one file's bytes are in two parts
+    under different names (a cell copied to another subject)."""
     for (name_a, a), (name_b, b) in combinations(parts.items(), 2):
         shared = set(a["subject"]) & set(b["subject"])
         if shared:
             raise SubjectLeakageError(shared, (name_a, name_b))
+        if sha1 is not None:
+            copies = set(a["path"].map(sha1)) & set(b["path"].map(sha1))
+            if copies:
+                first = [p for p in pd.concat([a["path"], b["path"]]) if sha1[p] in copies][:2]
+                raise DataError(
+                    f"{len(copies)} identical image file(s) are in both {name_a!r} and {name_b!r} "
+                    f"under different subjects, e.g. {' and '.join(first)}; remove the copies"
+                )
 
 
 def _subjects(frame: pd.DataFrame) -> pd.Series:

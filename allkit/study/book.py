@@ -121,7 +121,9 @@ class Context:
                     self._run = load_run(self.run_dir, with_model=True)
                     print(f"(reusing the finished run in runs/{self.profile.name})")
                     return self._run
-            self._run = reproduce(self.profile, self.data_root, out=self.run_dir, progress=progress)
+            if self.run_dir.exists():
+                print(f"(runs/{self.profile.name} holds a run of other data or settings: it is replaced)")
+            self._run = reproduce(self.profile, self.data_root, out=self.run_dir, overwrite=True, progress=progress)
         return self._run
 
     def variant(self, variant, *, progress: bool = True):

@@ -1,14 +1,14 @@
 """``allkit data check``: what is in a C-NMC folder and whether a run can use it, checked the way a run
-reads it (every image decoded with :func:`allkit.data.decode_cell`, the function the cache uses)."""
+reads it (every image read with :func:`allkit.data.read_cell`, the function the cache uses)."""
 
-import hashlib
 import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
-from allkit.data import decode_cell, load_cnmc
+from allkit.data import load_cnmc, read_cell
+from allkit.errors import DataError
 from allkit.study.workspace import data_root
 
 
@@ -16,13 +16,10 @@ def _decode_all(paths: list[str], progress: bool) -> tuple[list[dict], list[list
     """Every image decoded and its bytes hashed: unreadable files and identical copies show up."""
 
     def work(path: str):
-        with open(path, "rb") as handle:
-            digest = hashlib.sha1(handle.read()).hexdigest()
         try:
-            decode_cell(path)
-        except (OSError, ValueError, SyntaxError) as err:
-            return path, digest, f"not a readable image ({err})"
-        return path, digest, None
+            return path, read_cell(path)[1], None
+        except (OSError, DataError) as err:
+            return path, path, str(err)
 
     bad, by_hash = [], defaultdict(list)
     with ThreadPoolExecutor(max_workers=4) as pool:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 import tarfile
 import zipfile
 from pathlib import Path
 
-from allkit.data import find_cnmc_root, load_cnmc
+try:  # an optional extra: pip install "allkit[download]"
+    import kagglehub
+except ImportError:  # pragma: no cover - exercised only where the extra is missing
+    kagglehub = None
+
+from allkit.data import load_cnmc
 from allkit.errors import DataError
 
 KAGGLE_HANDLE = "andrewmvd/leukemia-classification"
@@ -50,36 +54,29 @@ def safe_extract(archive: str | Path, dest: str | Path) -> Path:
 
 
 def download_cnmc(dest: str | Path = "data", *, force: bool = False) -> Path:
-    """Download the Kaggle mirror of C-NMC 2019 into ``dest`` and return the folder holding
-    ``C-NMC_Leukemia/``. Counts are checked against the public release (a warning on mismatch)."""
+    """C-NMC 2019 from Kaggle, and the folder that holds ``C-NMC_Leukemia/``: ``dest`` if it already does,
+    else kagglehub's own download folder (the extracted tree is used where kagglehub put it: no second
+    copy), or ``dest`` when kagglehub delivered an archive, which is then extracted there once."""
     dest = Path(dest).expanduser()
-    try:
-        find_cnmc_root(dest)
-        if not force:
-            load_cnmc(dest)  # validates and warns on unexpected counts
+    if not force:
+        try:
+            load_cnmc(dest)
             return dest
-    except DataError:
-        pass
-    try:
-        import kagglehub
-    except ImportError:
+        except DataError:
+            pass
+    if kagglehub is None:
         raise DataError(
             'kagglehub is not installed: pip install "allkit[download]".\n' + MANUAL_STEPS.format(dest=dest)
-        ) from None
+        )
     try:
         fetched = Path(kagglehub.dataset_download(KAGGLE_HANDLE, force_download=force))
     except Exception as exc:  # network, credentials, quota: all end in the same manual route
         raise DataError(
             f"download of {KAGGLE_HANDLE} failed ({type(exc).__name__}: {exc}).\n" + MANUAL_STEPS.format(dest=dest)
         ) from None
-    dest.mkdir(parents=True, exist_ok=True)
     archives = [p for p in fetched.rglob("*") if p.suffix in {".zip", ".tar", ".gz", ".tgz"}]
     for archive in archives:
         safe_extract(archive, dest)
-    if not archives:
-        source, _ = find_cnmc_root(fetched)
-        target = dest / "C-NMC_Leukemia"
-        if source.resolve() != target.resolve():
-            shutil.copytree(source, target, dirs_exist_ok=True)
-    load_cnmc(dest)
-    return dest
+    found = dest if archives else fetched
+    load_cnmc(found)  # what arrived is a readable C-NMC tree
+    return found

@@ -28,7 +28,7 @@ import torch
 from scipy.special import softmax
 
 from allkit.errors import AllkitError, ConfigError
-from allkit.files import atomic_file, read_json, write_json
+from allkit.files import atomic_file, read_json, save_torch, write_json
 from allkit.hybrid import HybridClassifier
 from allkit.metrics import evaluate_with_ci
 from allkit.models import build_model
@@ -126,9 +126,15 @@ class VariantRun:
         """Rebuild the data (same profile, data and seed: the same split and cells) and load the fine-tuned
         CNN from ``cnn.pt``; nothing is trained."""
         if self.prepared is None or self.model is None:
-            self.prepared, _ = prepare(
-                self.profile, self.meta["run_card"]["data"], backbone=self.backbone, weights="random", progress=progress
-            )  # random weights: no download; the fine-tuned ones are loaded next
+            card = self.meta["run_card"]
+            self.prepared, _ = prepare(  # random weights: no download; the fine-tuned ones are loaded next
+                self.profile,
+                card["data"],
+                backbone=self.backbone,
+                weights="random",
+                progress=progress,
+                test_data=card.get("test_data") or False,
+            )
             self.model = build_model(self.backbone, self.dir / "cnn.pt", num_classes=self.n_outputs).eval()
         return self
 
@@ -256,7 +262,8 @@ def run_variant(
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     recipe, prof, seed = _resolved(variant, profile)
     root, _ = workspace.data_root(data)
-    key = _key(variant, recipe, prof, seed, str(root))
+    test_root = workspace.test_data_root()  # ALLKIT_TEST_DATA: the test part is other people's cells
+    key = _key(variant, recipe, prof, seed, str(root) if test_root is None else f"{root} | test: {test_root}")
     base = Path(runs_dir or workspace.runs_dir()) / profile.name / "experiments"
     folder = base / f"{variant.name}-{key[:10]}"
     meta_path = folder / "meta.json"
@@ -264,12 +271,11 @@ def run_variant(
         meta = read_json(meta_path, AllkitError, f"; delete {folder} to run the variant again")
         return VariantRun(variant, recipe, prof, seed, folder, meta)
 
-    prepared, model = prepare(prof, root, progress=progress, init_seed=seed)  # prof.split "image": leaky
+    prepared, model = prepare(prof, root, progress=progress, init_seed=seed, test_data=test_root)
     if variant.head == "imagenet":
         model = build_model(prepared.backbone, prepared.weights, num_classes=1000)
     trainer = finetune(prepared, model, recipe, seed=seed, progress=progress)
-    with atomic_file(folder / "cnn.pt") as handle:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
+    save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "cnn.pt")
     meta = {
         "variant": asdict(variant),
         "recipe": recipe.to_dict(),

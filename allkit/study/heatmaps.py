@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from allkit.constants import CROP_RATIO, IMAGE_SIZE
 from allkit.data import decode_cell
 from allkit.errors import DataError
 from allkit.explain import GradCamResult, gradcam
@@ -24,7 +25,7 @@ def gradcam_files(hybrid: HybridClassifier, paths, target="predicted") -> GradCa
         if not Path(path).is_file():
             raise DataError(f"image file {str(path)!r} does not exist")
         try:
-            pixels.append(decode_cell(path, pre.get("size", 224), pre.get("crop_ratio", 448 / 450)))
+            pixels.append(decode_cell(path, pre.get("size", IMAGE_SIZE), pre.get("crop_ratio", CROP_RATIO)))
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: not a readable image ({err})") from err
     images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)

@@ -16,12 +16,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from sklearn.metrics import confusion_matrix
 
-from allkit.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, LABEL_ALL, LABEL_HEM
+from allkit import transforms
+from allkit.constants import CLASS_NAMES, LABEL_ALL, LABEL_HEM
 from allkit.errors import DataError
 from allkit.explain import GradCamResult, gradcam
 from allkit.files import atomic_file
@@ -237,8 +239,8 @@ def _to_display(image: Any, denormalize: bool = False) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     arr = arr.astype(np.float32)
-    if denormalize:
-        arr = arr * np.asarray(IMAGENET_STD, np.float32) + np.asarray(IMAGENET_MEAN, np.float32)
+    if denormalize:  # from the ImageNet-normalised network input back to [0, 1]
+        arr = transforms.denormalize(torch.from_numpy(arr).permute(2, 0, 1)).permute(1, 2, 0).numpy()
     elif arr.min() < 0 or arr.max() > 1:
         if arr.max() <= 255 and arr.min() >= 0:
             arr = arr / 255.0

@@ -12,11 +12,15 @@ Where torchvision's ImageNet weights cannot be downloaded (no internet), ``sampl
 back to the offline ImageNet-pretrained EfficientNet-Lite0 and say so; ``paper`` does not fall back
 (it would no longer be the paper's model) unless the caller names another backbone or weights.
 
-The profile is chosen by argument, else by the ``ALLKIT_PROFILE`` environment variable, else ``sample``.
+The profile is chosen by argument, else by the ``ALLKIT_PROFILE`` environment variable, else ``paper`` on
+Colab with a GPU and ``sample`` anywhere else.
 """
 
 import os
+import sys
 from dataclasses import asdict, dataclass, replace
+
+import torch
 
 from allkit.constants import BATCH_SIZE, EPOCHS, IMAGE_SIZE, LEARNING_RATE, SEED, XGB_ETA
 from allkit.errors import ConfigError
@@ -47,6 +51,40 @@ class Profile:
     n_gradcam: int = 4  # cells per class in the Grad-CAM figure
     n_boot: int = 1000
 
+    def __post_init__(self):
+        def positive(value, optional=False):
+            return (optional and value is None) or (
+                isinstance(value, int) and not isinstance(value, bool) and value > 0
+            )
+
+        def fraction(value, low=0.0):
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value < 1
+
+        checks = {
+            "split": self.split in ("auto", "paper", "subject", "image"),
+            "image_size": positive(self.image_size),
+            "epochs": positive(self.epochs),
+            "batch_size": positive(self.batch_size),
+            "lr": isinstance(self.lr, (int, float)) and 0 < self.lr < 10,
+            "normalize": isinstance(self.normalize, bool),
+            "max_train_cells": positive(self.max_train_cells, optional=True),
+            "max_eval_cells": positive(self.max_eval_cells, optional=True),
+            "max_batches": positive(self.max_batches, optional=True),
+            "xgb_eta": isinstance(self.xgb_eta, (int, float)) and 0 < self.xgb_eta <= 1,
+            "xgb_estimators": positive(self.xgb_estimators),
+            "val_size": fraction(self.val_size),
+            "test_size": fraction(self.test_size),
+            "seed": isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
+            "n_gradcam": positive(self.n_gradcam),
+            "n_boot": positive(self.n_boot),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(
+                    f"profile {self.name!r}: {name}={getattr(self, name)!r} is not a valid value "
+                    "(sizes, epochs and counts are positive integers, rates and fractions positive)"
+                )
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -71,8 +109,14 @@ PROFILES = {
 }
 
 
+def default_profile() -> str:
+    """``paper`` on Colab with a GPU (what the book is meant to run there), else ``sample``."""
+    return "paper" if "google.colab" in sys.modules and torch.cuda.is_available() else "sample"
+
+
 def get_profile(name: str | None = None) -> Profile:
-    name = name or os.environ.get(ENV_PROFILE) or "sample"
+    """The profile ``name``, else ``ALLKIT_PROFILE``, else :func:`default_profile`."""
+    name = name or os.environ.get(ENV_PROFILE) or default_profile()
     if name not in PROFILES:
         raise ConfigError(f"profile {name!r} is unknown; expected one of {', '.join(PROFILES)}")
     return PROFILES[name]

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 
 from allkit.constants import FLIP_PROBABILITY, LEARNING_RATE, ROTATION_DEGREES
 from allkit.errors import ConfigError
+from allkit.study.across import StainAugment
 from allkit.transforms import BatchAugment
 
 THRESHOLDS = ("argmax", "validation")
@@ -42,14 +43,25 @@ class Recipe:
     keep_best: bool = False
     tta: bool = False  # average the softmax (and XGBoost's probability) over the 8 dihedral views
     threshold: str = "argmax"  # or "validation": the cut on p(ALL) with the best validation balanced accuracy
+    # What may carry over to other people (allkit.study.across):
+    hed_jitter: float = 0.0  # HED stain jitter, sigma of Tellez et al.'s perturbation
+    color_jitter: float = 0.0  # brightness, contrast and saturation factors in [1 - c, 1 + c]
+    grayscale: float = 0.0  # probability of a grayscale cell
+    balanced_sampling: bool = False  # healthy cells repeated until both classes are as frequent
+    freeze: float = 0.0  # fraction of the parameter tensors (stem first) left at their ImageNet values
+    epochs: int | None = None  # None: the profile's
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def training_dict(self) -> dict:
-        """What the fine-tune and its stored outputs depend on (the decision threshold is applied later)."""
-        out = self.to_dict()
-        out.pop("threshold")
+        """What the fine-tune and its stored outputs depend on (the decision threshold is applied later).
+        Fields added after the first study are left out at their defaults, so earlier experiments keep their key."""
+        later = {
+            f: getattr(Recipe, f)
+            for f in ("hed_jitter", "color_jitter", "grayscale", "balanced_sampling", "freeze", "epochs")
+        }
+        out = {k: v for k, v in self.to_dict().items() if k != "threshold" and (k not in later or v != later[k])}
         return out
 
     def trainer_kwargs(self) -> dict:
@@ -62,6 +74,9 @@ class Recipe:
                 p_hflip=self.flip_probability, p_vflip=self.flip_probability, degrees=self.rotation_degrees
             )
         )
+        if self.hed_jitter or self.color_jitter or self.grayscale:
+            geometric = BatchAugment() if augment is True else augment
+            augment = StainAugment(geometric, hed=self.hed_jitter, color=self.color_jitter, grayscale=self.grayscale)
         return {
             "optimizer": self.optimizer,
             "lr": self.lr,
@@ -98,10 +113,27 @@ RECIPES = {
 }
 
 
+PAPER = RECIPES["paper"]
+# One change at a time from the paper's recipe: what the chapter "Across people" measures (allkit.study.across).
+ACROSS = {
+    recipe.name: recipe
+    for recipe in (
+        PAPER.with_overrides(name="across-color", color_jitter=0.3),
+        PAPER.with_overrides(name="across-stain", hed_jitter=0.05),
+        PAPER.with_overrides(name="across-grayscale", grayscale=0.5),
+        PAPER.with_overrides(name="across-geometry", flip_probability=0.5, rotation_degrees=180.0),
+        PAPER.with_overrides(name="across-lower-lr", lr=1e-4),
+        PAPER.with_overrides(name="across-frozen", freeze=0.6),
+        PAPER.with_overrides(name="across-early-stop", keep_best=True),
+        PAPER.with_overrides(name="across-balanced", balanced_sampling=True),
+    )
+}
+
+
 def get_recipe(recipe: str | Recipe | None = None) -> Recipe:
     if isinstance(recipe, Recipe):
         return recipe
     name = recipe or "paper"
-    if name not in RECIPES:
+    if name not in RECIPES and name not in ACROSS:
         raise ConfigError(f"recipe {name!r} is unknown; expected one of {', '.join(RECIPES)}")
-    return RECIPES[name]
+    return RECIPES.get(name) or ACROSS[name]

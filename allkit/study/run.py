@@ -9,6 +9,9 @@ so a number in the book is the number the CLI prints.
     DIR/*.png           the figures
 """
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import platform
 import subprocess
@@ -24,19 +27,29 @@ import torch
 
 import allkit
 from allkit.constants import CROP_RATIO, IMAGE_SIZE
-from allkit.data import CellDataset, Split, build_cache, load_cnmc, split_by_image, split_by_subject, split_paper
+from allkit.data import (
+    CellDataset,
+    Split,
+    build_cache,
+    check_leakage,
+    load_cnmc,
+    split_by_image,
+    split_by_subject,
+    split_paper,
+)
 from allkit.device import select_device
 from allkit.errors import AllkitError, ModelError
-from allkit.files import atomic_file, read_json, write_json
+from allkit.files import atomic_folder, read_json, save_torch, write_json
 from allkit.hybrid import HybridClassifier
 from allkit.inference import predict_proba
-from allkit.metrics import classification_table, evaluate, evaluate_with_ci, patient_level, patient_level_metrics
+from allkit.metrics import bootstrap_ci, classification_table, evaluate_with_ci, patient_level, patient_level_metrics
 from allkit.models import build_model, get_backbone
 from allkit.study import perf, plots
+from allkit.study.across import balanced_frame, freeze_early_layers
 from allkit.study.calibration import choose_threshold
 from allkit.study.profiles import Profile, get_profile
 from allkit.study.recipes import Recipe, get_recipe
-from allkit.study.workspace import data_root, runs_dir
+from allkit.study.workspace import data_root, runs_dir, test_data_root
 from allkit.train import Trainer
 
 CNN_FILE, TRAIN_FILE = "cnn.pt", "train.json"
@@ -63,9 +76,15 @@ def describe_device(device: torch.device) -> str:
     return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def make_split(frame: pd.DataFrame, profile: Profile) -> Split:
-    """The profile's split: the paper's (when the preliminary test set is present and asked for), else
-    by subject; ``"image"`` is the leaky by-image split with the subject split's part sizes."""
+def make_split(frame: pd.DataFrame, profile: Profile, external: pd.DataFrame | None = None) -> Split:
+    """The profile's split: the paper's (when the preliminary test set is present and asked for), else by
+    subject; ``"image"`` is the leaky by-image split with the subject split's part sizes. With ``external``
+    cells (a test set of other people), ``frame`` is split into training and validation only, by subject,
+    and ``external`` is the test part."""
+    if external is not None and profile.split != "image":
+        inside = split_by_subject(frame, val_size=profile.val_size, test_size=0, seed=profile.seed)
+        test = external.assign(split="test").reset_index(drop=True)
+        return Split(inside.train, inside.val, test, protocol="subject+external", seed=profile.seed)
     has_prelim = (frame["fold"] == "prelim").any()
     if profile.split in ("paper", "auto") and has_prelim:
         return split_paper(frame, seed=profile.seed)
@@ -102,6 +121,7 @@ class Prepared:
     normalize: object
     device: torch.device
     notes: list[str] = field(default_factory=list)
+    test_root: Path | None = None  # an external test set of other people (the test part), if any
 
     def card(self) -> dict:
         counts = {
@@ -117,6 +137,7 @@ class Prepared:
             "profile": self.profile.name,
             "data": str(self.data_root),
             "data_source": self.data_source,
+            "test_data": None if self.test_root is None else str(self.test_root),
             "synthetic": self.synthetic,
             "split": self.split.protocol,
             "counts": counts,
@@ -163,15 +184,19 @@ def prepare(
     progress=True,
     split=None,
     init_seed: int | None = None,
+    test_data=None,
 ) -> tuple[Prepared, torch.nn.Module]:
     """Load and split the data, cache it, build the model. ``split``: a callable ``frame → Split`` instead
-    of the profile's. ``init_seed`` (default: the profile's seed) seeds the new head's initialisation."""
+    of the profile's. ``init_seed`` (default: the profile's seed) seeds the new head's initialisation.
+    ``test_data`` (default ``ALLKIT_TEST_DATA``): a folder of other people's cells, the test part."""
     perf.speed_up()
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     root, source = data_root(data)
+    test_root = test_data_root(test_data)
     device = select_device(device)
     cells = load_cnmc(root)
-    chosen_split = split(cells.frame) if split is not None else make_split(cells.frame, profile)
+    external = None if test_root is None else load_cnmc(test_root).frame.assign(fold="external")
+    chosen_split = split(cells.frame) if split is not None else make_split(cells.frame, profile, external)
     frames = {
         "train": _subset(chosen_split.train, profile.max_train_cells, profile.seed),
         "val": _subset(chosen_split.val, profile.max_eval_cells, profile.seed),
@@ -193,6 +218,8 @@ def prepare(
             "subject-wise split of what is present is used"
         )
     cache = build_cache(pd.concat(frames.values(), ignore_index=True), size=profile.image_size, progress=progress)
+    if not chosen_split.leaky:  # the same file under two subjects would put one cell on both sides
+        check_leakage(frames, sha1=dict(zip(cache.frame["path"], cache.sha1, strict=True)))
     datasets = {part: CellDataset(cache, frame) for part, frame in frames.items() if len(frame)}
     normalize = get_backbone(name).mean_std if profile.normalize else False
     prepared = Prepared(
@@ -208,6 +235,7 @@ def prepare(
         normalize,
         device,
         notes,
+        test_root,
     )
     return prepared, model
 
@@ -227,8 +255,13 @@ def finetune(
     if chosen.name == "paper":
         kwargs["lr"] = p.lr  # a profile that sets its own learning rate keeps it under the paper's recipe
     kwargs["keep_best"] = kwargs["keep_best"] and "val" in prepared.datasets
+    train = prepared.datasets["train"]
+    if chosen.balanced_sampling:
+        train = CellDataset(train.cache, balanced_frame(train.frame, p.seed if seed is None else seed))
+    if chosen.freeze:
+        freeze_early_layers(model, chosen.freeze)
     trainer = Trainer(
-        epochs=p.epochs,
+        epochs=chosen.epochs or p.epochs,
         batch_size=p.batch_size,
         seed=p.seed if seed is None else seed,
         normalize=prepared.normalize,
@@ -238,7 +271,7 @@ def finetune(
         checkpoint_dir=checkpoint_dir,
         **kwargs,
     )
-    return trainer.fit(model, prepared.datasets["train"], prepared.datasets.get("val"))
+    return trainer.fit(model, train, prepared.datasets.get("val"))
 
 
 def fit_hybrid(
@@ -255,7 +288,6 @@ def fit_hybrid(
         normalize=prepared.normalize,
         eta=p.xgb_eta,
         n_estimators=p.xgb_estimators,
-        batch_size=p.batch_size,
         device=prepared.device,
         seed=p.seed,
         tta=chosen.tta,
@@ -265,6 +297,7 @@ def fit_hybrid(
         (n, prepared.datasets[k]) for n, k in (("train", "train"), ("validation", "val")) if k in prepared.datasets
     ]
     hybrid.fit(prepared.datasets["train"], eval_set=evals)
+    hybrid.provenance_["split"] = split_record(prepared)  # saved with the model: `allkit evaluate` checks it
     if chosen.threshold == "validation" and "val" in prepared.datasets:
         hybrid.set_params(threshold=validation_threshold(prepared, hybrid.predict_proba(prepared.datasets["val"])))
     return hybrid
@@ -281,9 +314,16 @@ def evaluate_predictions(frame: pd.DataFrame, proba: np.ndarray, *, n_boot: int,
     y_true, score, subjects = frame["label"].to_numpy(), proba[:, 1], frame["subject"].to_numpy()
     y_pred = (proba.argmax(1) if threshold is None else score > threshold).astype(int)
     result = evaluate_with_ci(y_true, y_pred, subjects, y_score=score, n_boot=n_boot, seed=seed)
+    result["ci"]["balanced_accuracy"] = bootstrap_ci(
+        y_true, y_pred, subjects, "balanced_accuracy", n_boot=n_boot, seed=seed
+    )
+    result["majority_baseline"] = float(max(y_true.mean(), 1 - y_true.mean()))  # always answering the larger class
     result["table2"] = json.loads(classification_table(y_true, y_pred).to_json(orient="index"))
     patients = patient_level(y_true, score, subjects)
+    right = pd.Series(y_true == y_pred).groupby(subjects).mean()  # each person's share of cells called right
+    patients["accuracy"] = right.loc[patients["subject"]].to_numpy()
     result["patient_level"] = patient_level_metrics(patients)
+    result["subject_mean_accuracy"] = float(patients["accuracy"].mean())
     result["patients"] = json.loads(patients.to_json(orient="records"))
     return result
 
@@ -347,60 +387,111 @@ def with_recipe(profile: Profile | str | None, recipe) -> Profile:
     return profile if chosen.normalize is None else profile.with_overrides(normalize=chosen.normalize)
 
 
+@contextlib.contextmanager
+def writing(out, *, overwrite: bool = False):
+    """Claim the run folder ``out`` before any work: refuse a file, a folder that cannot be written, a folder
+    another allkit process is writing (a lock beside it) and, unless ``overwrite``, a non-empty one. Yields
+    a staging folder that replaces ``out`` only when the block succeeds: a failed or interrupted run leaves
+    the previous one as it was, and two runs never mix their files."""
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise AllkitError(f"--out {out} is a file; expected a folder for the run")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(out.parent / f".{out.name}.lock", "a")  # noqa: SIM115 - held for the whole block
+    except OSError as err:
+        raise AllkitError(f"cannot write to {out.parent} ({err.strerror}); choose another --out") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AllkitError(
+                f"{out} is being written by another allkit process; wait for it, or choose another --out"
+            ) from None
+        if not overwrite and out.is_dir() and any(out.iterdir()):
+            raise AllkitError(
+                f"{out} already holds results ({', '.join(sorted(p.name for p in out.iterdir())[:4])}); "
+                "pass --overwrite to replace them, or choose another --out"
+            )
+        with atomic_folder(out) as staging:
+            yield staging
+
+
+def split_record(prepared: Prepared) -> dict:
+    """Which people are in which part of the split, and a hash of which cells (by file name) are: recorded
+    with every model, so that a later step on changed data is refused instead of leaking."""
+    cells = {name: sorted(Path(p).name for p in ds.frame["path"]) for name, ds in prepared.datasets.items()}
+    return {
+        "protocol": prepared.split.protocol,
+        "subjects": {name: sorted(ds.frame["subject"].astype(str).unique()) for name, ds in prepared.datasets.items()},
+        "sha256": hashlib.sha256(json.dumps(cells, sort_keys=True).encode()).hexdigest(),
+    }
+
+
 def reproduce(
     profile=None,
     data=None,
     *,
     out=None,
+    overwrite=False,
     backbone=None,
     weights=None,
     device="auto",
     progress=True,
     figures=True,
     recipe=None,
+    test_data=None,
 ) -> Run:
     """The whole method: fine-tune, CNN alone on the test cells, hybrid, scores with intervals, figures.
-    Writes ``out/metrics.json``, ``out/model/``, ``out/history.json`` and the figures; returns the Run."""
+    Writes ``out/metrics.json``, ``out/model/``, ``out/history.json`` and the figures (see :func:`writing`
+    for how ``out`` is protected) and returns the Run."""
     started, chosen = time.perf_counter(), get_recipe(recipe)
-    prepared, model = prepare(
-        with_recipe(profile, chosen), data, backbone=backbone, weights=weights, device=device, progress=progress
-    )
-    out = Path(out) if out is not None else runs_dir() / prepared.profile.name
-    if "test" not in prepared.datasets:
-        raise AllkitError("the split has no test cells; there is nothing to evaluate on")
-    t0 = time.perf_counter()
-    trainer = finetune(prepared, model, chosen, checkpoint_dir=out / "checkpoints", progress=progress)
-    train_seconds, p, test = time.perf_counter() - t0, prepared.profile, prepared.datasets["test"]
-    kwargs = {"batch_size": p.batch_size, "normalize": prepared.normalize, "progress": progress, "tta": chosen.tta}
-    cnn_proba = predict_proba(model, test, **kwargs)
-    t0 = time.perf_counter()
-    hybrid = fit_hybrid(prepared, model, chosen, progress=progress)
-    hybrid_seconds = time.perf_counter() - t0
-    thresholds = {"cnn": None, "hybrid": None}
-    if chosen.threshold == "validation" and "val" in prepared.datasets:
-        thresholds["hybrid"] = float(hybrid.threshold)
-        thresholds["cnn"] = validation_threshold(prepared, predict_proba(model, prepared.datasets["val"], **kwargs))
-    metrics = {
-        "run_card": {**prepared.card(), "recipe": chosen.name},
-        "profile": p.to_dict(),
-        "recipe": chosen.to_dict(),
-        "notes": prepared.notes,
-        "history": trainer.history_,
-        "cnn": evaluate_predictions(test.frame, cnn_proba, n_boot=p.n_boot, seed=p.seed, threshold=thresholds["cnn"]),
-        "hybrid": evaluate_predictions(
-            test.frame, hybrid.predict_proba(test), n_boot=p.n_boot, seed=p.seed, threshold=thresholds["hybrid"]
-        ),
-        "thresholds": thresholds,
-        "xgb_evals": hybrid.evals_result_,
-        "seconds": {"finetune": train_seconds, "hybrid": hybrid_seconds},
-    }
-    hybrid.save(out / "model")
-    write_json(out / "history.json", {"history": trainer.history_}, default=_json_default)
-    run = Run(out, metrics, prepared, model, hybrid)
-    if figures:
-        metrics["figures"] = {name: path.name for name, path in make_figures(run).items()}
-    metrics["seconds"]["total"] = time.perf_counter() - started
-    write_json(out / "metrics.json", metrics, default=_json_default)
+    profile = with_recipe(profile, chosen)
+    out = Path(out) if out is not None else runs_dir() / profile.name
+    with writing(out, overwrite=overwrite) as staging:
+        prepared, model = prepare(
+            profile, data, backbone=backbone, weights=weights, device=device, progress=progress, test_data=test_data
+        )
+        if "test" not in prepared.datasets:
+            raise AllkitError("the split has no test cells; there is nothing to evaluate on")
+        t0 = time.perf_counter()
+        trainer = finetune(prepared, model, chosen, checkpoint_dir=staging / "checkpoints", progress=progress)
+        train_seconds, p, test = time.perf_counter() - t0, prepared.profile, prepared.datasets["test"]
+        kwargs = {"normalize": prepared.normalize, "progress": progress, "tta": chosen.tta}
+        cnn_proba = predict_proba(model, test, **kwargs)
+        t0 = time.perf_counter()
+        hybrid = fit_hybrid(prepared, model, chosen, progress=progress)
+        hybrid_seconds = time.perf_counter() - t0
+        thresholds = {"cnn": None, "hybrid": None}
+        if chosen.threshold == "validation" and "val" in prepared.datasets:
+            thresholds["hybrid"] = float(hybrid.threshold)
+            thresholds["cnn"] = validation_threshold(prepared, predict_proba(model, prepared.datasets["val"], **kwargs))
+        hybrid_proba = hybrid.predict_proba(test)
+        metrics = {
+            "run_card": {**prepared.card(), "recipe": chosen.name},
+            "profile": p.to_dict(),
+            "recipe": chosen.to_dict(),
+            "split": split_record(prepared),
+            "notes": prepared.notes,
+            "history": trainer.history_,
+            "cnn": evaluate_predictions(
+                test.frame, cnn_proba, n_boot=p.n_boot, seed=p.seed, threshold=thresholds["cnn"]
+            ),
+            "hybrid": evaluate_predictions(
+                test.frame, hybrid_proba, n_boot=p.n_boot, seed=p.seed, threshold=thresholds["hybrid"]
+            ),
+            "thresholds": thresholds,
+            "xgb_evals": hybrid.evals_result_,
+            "seconds": {"finetune": train_seconds, "hybrid": hybrid_seconds},
+        }
+        hybrid.save(staging / "model")
+        write_json(staging / "history.json", {"history": trainer.history_}, default=_json_default)
+        run = Run(staging, metrics, prepared, model, hybrid)
+        if figures:
+            metrics["figures"] = {name: path.name for name, path in make_figures(run).items()}
+        metrics["seconds"]["total"] = time.perf_counter() - started
+        write_json(staging / "metrics.json", metrics, default=_json_default)
+    run.out = Path(out).expanduser().absolute()
     return run
 
 
@@ -426,6 +517,7 @@ def rebuild_prepared(run: Run, *, progress: bool = True) -> Prepared:
         prepared, _ = prepare(
             Profile(**run.metrics["profile"]),
             run.card["data"],
+            test_data=run.card.get("test_data") or False,
             backbone=run.card["backbone"],
             weights=str(cnn),
             progress=progress,
@@ -437,14 +529,14 @@ def rebuild_prepared(run: Run, *, progress: bool = True) -> Prepared:
 
 def save_cnn(out: Path, prepared: Prepared, model: torch.nn.Module, history: list[dict], recipe=None) -> Path:
     """``allkit train``'s output: the fine-tuned CNN (state_dict) and what rebuilds its data split."""
-    with atomic_file(out / CNN_FILE) as handle:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
+    save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / CNN_FILE)
     write_json(
         out / TRAIN_FILE,
         {
             "run_card": prepared.card(),
             "profile": prepared.profile.to_dict(),
             "recipe": get_recipe(recipe).name,
+            "split": split_record(prepared),
             "history": history,
         },
         default=_json_default,
@@ -458,15 +550,33 @@ def load_cnn(folder, *, progress: bool = True) -> tuple[Prepared, torch.nn.Modul
     if not (folder / CNN_FILE).is_file() or not (folder / TRAIN_FILE).is_file():
         raise AllkitError(f"{folder} is not a folder written by `allkit train` (expected {CNN_FILE} and {TRAIN_FILE})")
     manifest = read_json(folder / TRAIN_FILE, AllkitError, "; rerun `allkit train`")
-    card = manifest["run_card"]
+    try:
+        profile, card = Profile(**manifest["profile"]), manifest["run_card"]
+        data, backbone, recipe = card["data"], card["backbone"], get_recipe(manifest.get("recipe"))
+    except (KeyError, TypeError, AllkitError) as err:
+        raise AllkitError(
+            f"{folder / TRAIN_FILE} has a missing or invalid value ({err}); rerun `allkit train`"
+        ) from None
     prepared, model = prepare(
-        Profile(**manifest["profile"]),
-        card["data"],
-        backbone=card["backbone"],
+        profile,
+        data,
+        backbone=backbone,
         weights=str(folder / CNN_FILE),
         progress=progress,
+        test_data=card.get("test_data") or False,
     )
-    return prepared, model, get_recipe(manifest.get("recipe"))
+    trained, now = manifest.get("split"), split_record(prepared)
+    if trained is not None and trained["sha256"] != now["sha256"]:
+        moved = {
+            part: sorted(set(now["subjects"].get(part, [])) ^ set(people))
+            for part, people in trained["subjects"].items()
+        }
+        raise AllkitError(
+            f"the data under {data} changed since the CNN in {folder} was trained: the same split now gives other "
+            f"cells (subjects that changed parts: {', '.join(f'{k}: {v}' for k, v in moved.items() if v) or 'none'}); a "
+            "hybrid fitted on it could validate or test on cells the CNN was trained on. Train the CNN again"
+        )
+    return prepared, model, recipe
 
 
 def folder_cells(hybrid: HybridClassifier, data, *, allow_unknown_subjects=False, progress=True):
@@ -484,9 +594,10 @@ def evaluate_folder(model_dir, data, *, allow_unknown_subjects=False, progress=T
     perf.speed_up()
     hybrid = HybridClassifier.load(model_dir, progress=progress)
     cells, dataset = folder_cells(hybrid, data, allow_unknown_subjects=allow_unknown_subjects, progress=progress)
-    proba = hybrid.predict_proba(dataset)
-    y_true = cells.frame["label"].to_numpy()
-    y_pred = (proba[:, 1] > float(hybrid.threshold)).astype(int)  # the saved model's decision threshold
-    result = evaluate(y_true, y_pred, proba[:, 1], subjects=cells.frame["subject"].to_numpy())
-    result["table2"] = json.loads(classification_table(y_true, y_pred).to_json(orient="index"))
+    proba = hybrid.predict_proba(dataset)  # ALL above the saved model's decision threshold:
+    result = evaluate_predictions(cells.frame, proba, n_boot=1000, seed=0, threshold=float(hybrid.threshold))
+    split = (getattr(hybrid, "provenance_", None) or {}).get("split") or {}
+    seen = set(split.get("subjects", {}).get("train", [])) | set(split.get("subjects", {}).get("val", []))
+    seen |= set((getattr(hybrid, "provenance_", None) or {}).get("fit_subjects", []))
+    result["seen_subjects"] = sorted(seen & set(cells.frame["subject"].astype(str)))
     return {**result, "data": str(cells.root), "synthetic": cells.synthetic, "model": str(model_dir)}

@@ -2,7 +2,8 @@
 
 Data: an explicit path > ``ALLKIT_DATA`` > ``./data`` (or ``../data``, for a notebook run from
 ``notebooks/``) holding C-NMC > the synthetic stand-in, announced loudly. Runs: ``ALLKIT_RUNS`` > ``./runs``
-(or ``../runs`` when it exists). Caches: ``ALLKIT_CACHE`` > the platform's cache folder
+(or ``../runs`` when it exists). An external test set of unseen people: an explicit path >
+``ALLKIT_TEST_DATA`` > none. Caches: ``ALLKIT_CACHE`` > the platform's cache folder
 (:func:`allkit.data.cache_dir`).
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from allkit.data import CNMC, find_cnmc_root, load_cnmc
 from allkit.errors import DataError
 
-ENV_DATA, ENV_RUNS = "ALLKIT_DATA", "ALLKIT_RUNS"
+ENV_DATA, ENV_RUNS, ENV_TEST_DATA = "ALLKIT_DATA", "ALLKIT_RUNS", "ALLKIT_TEST_DATA"
 SYNTHETIC_BANNER = (
     "*** allkit is using its SYNTHETIC stand-in data, not real C-NMC cells: numbers computed on it say nothing "
     "about leukemia. Set ALLKIT_DATA or pass a data path to use C-NMC 2019. ***"
@@ -58,6 +59,21 @@ def data_root(root=None, *, announce: bool = True) -> tuple[Path, str]:
         warnings.warn(SYNTHETIC_BANNER, SyntheticDataWarning, stacklevel=2)
         print(SYNTHETIC_BANNER, file=sys.stderr)
     return default_synthetic_root(), "synthetic"
+
+
+def test_data_root(test_data=None) -> Path | None:
+    """An external test set of people the data under :func:`data_root` does not hold: ``test_data`` >
+    ``ALLKIT_TEST_DATA`` > none (the test part is then split from the data itself). ``False``: none, whatever
+    the environment says (to rebuild a run that had none)."""
+    if test_data is False:
+        return None
+    chosen = test_data if test_data is not None else os.environ.get(ENV_TEST_DATA) or None
+    if chosen is None:
+        return None
+    path = Path(chosen).expanduser()
+    if not path.exists():
+        raise DataError(f"test data {str(chosen)!r} does not exist; expected a folder of cells (all/ and hem/)")
+    return path
 
 
 def open_data(root=None, **kwargs) -> CNMC:

@@ -1,0 +1,92 @@
+"""The pieces of the across-people study: stain and colour augmentation, class-balanced sampling, partial
+freezing, per-person normalisation, the donor learning curve, and recipes that leave earlier keys alone."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from skimage.color import hed2rgb, rgb2hed
+
+from allkit.errors import ConfigError
+from allkit.models import build_model
+from allkit.study.across import (
+    StainAugment,
+    balanced_frame,
+    freeze_early_layers,
+    hed_to_rgb,
+    rgb_to_hed,
+    subject_normalised,
+)
+from allkit.study.across_study import across_variants, donor_curve, scores
+from allkit.study.recipes import ACROSS, RECIPES, get_recipe
+from allkit.transforms import BatchAugment
+
+
+def test_hed_conversion_is_scikit_images():
+    image = np.random.default_rng(0).random((16, 24, 3))
+    np.testing.assert_allclose(rgb_to_hed(torch.tensor(image)).numpy(), rgb2hed(image), atol=1e-12)
+    hed = rgb2hed(image)
+    np.testing.assert_allclose(hed_to_rgb(torch.tensor(hed)).numpy(), hed2rgb(hed), atol=1e-12)
+
+
+def test_stain_augment_changes_colour_per_cell_and_keeps_the_range():
+    batch = torch.randint(30, 220, (6, 3, 20, 20), dtype=torch.uint8)
+    identity = StainAugment(BatchAugment(0, 0, 0))
+    np.testing.assert_allclose(identity(batch).numpy(), batch.float().div(255).numpy())  # nothing asked, nothing done
+    out = StainAugment(BatchAugment(0, 0, 0), hed=0.05, color=0.3)(batch, generator=torch.Generator().manual_seed(1))
+    assert out.dtype == torch.float32 and float(out.min()) >= 0 and float(out.max()) <= 1
+    ratios = (out.mean(dim=(1, 2, 3)) / batch.float().div(255).mean(dim=(1, 2, 3))).numpy()
+    assert np.ptp(ratios) > 0.05  # each cell got its own change
+    gray = StainAugment(BatchAugment(0, 0, 0), grayscale=1.0)(batch)
+    assert torch.allclose(gray[:, 0], gray[:, 1]) and torch.allclose(gray[:, 1], gray[:, 2])
+    with pytest.raises(ConfigError):
+        StainAugment(BatchAugment(), hed=2.0)
+
+
+def test_balanced_frame_repeats_the_minority_class():
+    frame = pd.DataFrame({"path": [f"c{i}" for i in range(10)], "label": [1] * 8 + [0] * 2})
+    balanced = balanced_frame(frame, seed=0)
+    assert (balanced["label"] == 0).sum() == (balanced["label"] == 1).sum() == 8
+    assert set(balanced.loc[balanced["label"] == 0, "path"]) == {"c8", "c9"}
+    assert balanced_frame(frame, seed=0).equals(balanced)
+
+
+def test_freezing_keeps_the_stem_and_trains_the_head():
+    model = build_model("resnet18")
+    total = sum(p.numel() for p in model.parameters())
+    trainable = freeze_early_layers(model, 0.6)
+    params = list(model.parameters())
+    assert 0 < trainable < total and not params[0].requires_grad and params[-1].requires_grad
+
+
+def test_subject_normalisation_centres_each_person():
+    features = np.random.default_rng(1).normal(5, 2, (12, 4))
+    subjects = ["a"] * 5 + ["b"] * 7
+    out = subject_normalised(features, subjects)
+    for person in ("a", "b"):
+        rows = np.asarray(subjects) == person
+        np.testing.assert_allclose(out[rows].mean(0), 0, atol=1e-6)
+
+
+def test_scores_and_donor_curve_on_separable_people():
+    rng = np.random.default_rng(2)
+    people = [f"H{i}" for i in range(6)] + [str(i) for i in range(12)]
+    frame = pd.DataFrame([{"subject": p, "label": int(not p.startswith("H"))} for p in people for _ in range(5)])
+    features = rng.normal(0, 1, (len(frame), 3)) + frame[["label"]].to_numpy() * 3
+    curve = donor_curve(features, frame, donors=(1, 3), draws=4)
+    assert set(curve["healthy_donors"]) == {1, 3} and curve["roc_auc"].min() > 0.9
+    proba = np.column_stack([1 - frame["label"], frame["label"]]).astype(float)
+    result = scores(frame, proba, n_boot=50)
+    assert (
+        result["balanced_accuracy"] == 1 and result["people"] == len(people) and result["majority_baseline"] == 12 / 18
+    )
+
+
+def test_across_recipes_are_one_change_from_the_paper_and_keep_its_key():
+    paper = RECIPES["paper"]
+    for name, recipe in ACROSS.items():
+        changed = {k for k, v in recipe.to_dict().items() if v != paper.to_dict()[k]} - {"name"}
+        assert len(changed) in (1, 2), (name, changed)  # geometry changes flips and angle together
+        assert get_recipe(name) is recipe
+    assert "hed_jitter" not in paper.training_dict() and "hed_jitter" in ACROSS["across-stain"].training_dict()
+    assert [v.name for v in across_variants((42, 43))][-1].endswith("-seed43")
