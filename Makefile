@@ -29,7 +29,7 @@ book: data-check
 	fi
 
 # Unit tests, then every notebook executed by nbval in the ci profile, then the book built with -W and
-# opened page by page in headless Chromium (tests/test_book.py). NBVAL_CHECK_OUTPUT cells compare with
+# opened page by page in headless Chromium (tests/test_book.py). Cells tagged nbval-check-output compare with
 # the committed outputs exactly when ALLKIT_NBVAL_STRICT=1 (CI on the reference fold-1 sample); otherwise
 # numbers are masked (notebooks/sanitize-synthetic.cfg) because the data differs.
 NBVAL_SANITIZE := $(if $(filter 1,$(ALLKIT_NBVAL_STRICT)),,--nbval-sanitize-with notebooks/sanitize-synthetic.cfg)

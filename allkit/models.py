@@ -161,8 +161,9 @@ def _state_dict(weights, backbone: Backbone, progress: bool) -> dict:
         "fetch that file elsewhere and pass its path (CLI --weights PATH, Python weights=PATH), or use the "
         "offline backbone (CLI --backbone efficientnet_lite0 --weights offline)"
     )
-    try:  # torch.hub writes "Downloading: ..." to stderr whatever `progress` says
-        with contextlib.redirect_stderr(sys.stderr if progress else io.StringIO()):
+    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
+    try:  # torch.hub prints "Downloading: ..." whatever `progress` says
+        with quiet, contextlib.redirect_stderr(sys.stderr if progress else io.StringIO()):
             return backbone.imagenet_weights().get_state_dict(progress=progress, check_hash=True)
     except (urllib.error.URLError, OSError) as err:  # no internet, DNS, proxy, timeout, disk
         raise ModelError(

@@ -1,7 +1,7 @@
 """Write ``notebooks/NN_name.ipynb`` from ``notebooks/src/NN_name.py`` with jupytext, optionally executing them.
 
-    python notebooks/make.py             # update the .ipynb inputs from the sources, keeping outputs where a
-                                         # cell's code is unchanged (jupytext's combine_inputs_with_outputs)
+    python notebooks/make.py             # update the .ipynb inputs from the sources, keeping outputs only where
+                                         # a cell's code is unchanged
     python notebooks/make.py --execute   # ... and run them top to bottom (ALLKIT_PROFILE decides the profile)
 
 The sources (jupytext's percent format) are what gets reviewed; the .ipynb files carry the outputs of the
@@ -24,7 +24,12 @@ KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 def build(source: Path, target: Path):
     notebook = jupytext.read(source)
     if target.exists():
-        notebook = combine_inputs_with_outputs(notebook, jupytext.read(target))
+        old = jupytext.read(target)
+        notebook = combine_inputs_with_outputs(notebook, old)
+        unchanged = {cell.source for cell in old.cells if cell.cell_type == "code"}
+        for cell in notebook.cells:  # an output is kept only beside the very code that produced it
+            if cell.cell_type == "code" and cell.source not in unchanged:
+                cell.outputs, cell.execution_count = [], None
     notebook.metadata["kernelspec"] = KERNEL
     notebook.metadata["jupytext"] = {"formats": "ipynb,src//py:percent"}
     return notebook

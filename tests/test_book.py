@@ -5,16 +5,17 @@ opens each page of ``_build/html`` in headless Chromium (Debian's ``chromium``; 
 through Playwright, and saves a screenshot of each page to ``_build/screenshots/``.
 """
 
-from __future__ import annotations
-
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from allkit.study.book import INSTALL, colab_url
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
@@ -54,6 +55,20 @@ def test_notebooks_carry_outputs():
         assert first["cell_type"] == "markdown" and "colab-badge.svg" in "".join(first["source"]), path.name
 
 
+def test_every_chapter_teaches_and_installs_the_pinned_release():
+    """Learning goals, at least two exercises with solutions, the pinned install and the Colab form."""
+    for path in sorted((ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py")):
+        text = path.read_text()
+        assert "**Learning goals.**" in text, path.name
+        assert text.count("```{exercise}") >= 2, f"{path.name}: fewer than two exercises"
+        assert text.count("```{solution-start}") + text.count("```{solution}") >= text.count("```{exercise}"), path.name
+        assert colab_url(path.stem) in text and f'SPEC = "{INSTALL}"' in text, path.name
+        assert f'setup("{path.stem}", PROFILE' in text and "#@param" in text, path.name
+        assert "NBVAL" not in text, f"{path.name}: test markers belong in cell tags, not in the code"
+        long = [n for n, line in enumerate(text.splitlines(), 1) if len(line) > 88 and not line.startswith("# ")]
+        assert not long, f"{path.name}: code lines over 88 columns at {long[:5]}"
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM:
@@ -82,8 +97,13 @@ def browser():
 @pytest.mark.parametrize("page_name", TOC_PAGES)
 def test_page_in_a_real_browser(built_book, browser, page_name):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    failed_requests = []
+    failed_requests, errors = [], []
     page.on("requestfailed", lambda request: failed_requests.append(request.url))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on(
+        "console",
+        lambda msg: errors.append(msg.text) if msg.type == "error" and "net::ERR" not in msg.text else None,
+    )
     page.goto((built_book / f"{page_name}.html").as_uri(), wait_until="load")
     title = page.title()
     assert title.strip(), f"{page_name}: empty <title>"
@@ -96,6 +116,12 @@ def test_page_in_a_real_browser(built_book, browser, page_name):
     assert broken == [], f"{page_name}: images that did not load: {broken}"
     local_failures = [u for u in failed_requests if u.startswith("file:")]
     assert local_failures == [], f"{page_name}: missing files {local_failures}"
+    text = page.inner_text("main") if page.locator("main").count() else page.inner_text("body")
+    for noise in ("Traceback", "NBVAL", "Downloading:", "<Figure size", "object at 0x"):
+        assert noise not in text, f"{page_name}: {noise!r} on the page"
+    machine = re.findall(r"(?:/work/|/home/|/root/|/tmp/|/content/|[A-Z]:\\Users)[^\s]*", text)
+    assert not machine, f"{page_name}: machine paths on the page: {machine[:3]}"
+    assert errors == [], f"{page_name}: console errors {errors}"
     if page_name.startswith("notebooks/"):
         figures = page.evaluate(
             "Array.from(document.querySelectorAll('.cell_output img')).filter(i => i.naturalWidth > 100).length"

@@ -11,8 +11,10 @@ onnx and onnxruntime are optional (``pip install 'allkit[onnx]'``): they are imp
 and their absence raises :class:`MissingDependencyError` with that hint.
 """
 
+import contextlib
 import copy
 import importlib
+import inspect
 import io
 import platform
 import warnings
@@ -190,13 +192,20 @@ def _torch_to_onnx_bytes(wrapper: nn.Module, dummy: torch.Tensor, opset: int) ->
     # dynamic_axes, and folds batch norm into the convolutions in eval mode. It is deprecated upstream:
     # its warnings are silenced here, and the export is checked numerically against PyTorch right after.
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    # torch < 2.5 has only the TorchScript exporter and no `dynamo` argument
+    choice = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    # torch prints the whole TorchScript graph when an export fails: the error itself is reported instead
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper,
             (dummy,),
             buffer,
-            dynamo=False,
+            **choice,
             opset_version=int(opset),
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],

@@ -154,7 +154,7 @@ def _report_model(name: str, model_dir, size: int, test: CellDataset | None):
             raise ModelError(f"{model_dir} was trained at {model_size} px; the report measures {size} px")
         if test is not None:
             check_cells(test, model_size, crop, f"{model_dir} was fitted on cells")
-        return hybrid.cnn.eval(), hybrid.normalize, crop, f"fine-tuned ({model_dir})"
+        return hybrid.cnn.eval(), hybrid.normalize, crop, f"fine-tuned ({Path(model_dir).name})"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         cnn = build_model(name, None)

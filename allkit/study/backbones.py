@@ -34,9 +34,10 @@ from allkit.errors import ModelError
 from allkit.files import write_json
 from allkit.inference import predict_proba
 from allkit.models import BACKBONES, build_model, get_backbone, head
-from allkit.study import workspace
+from allkit.study import paper, workspace
 from allkit.study.profiles import Profile, get_profile
 from allkit.study.run import evaluate_predictions, finetune, fit_hybrid, prepare
+from allkit.study.workspace import test_data_root
 
 __all__ = [
     "COLUMNS",
@@ -50,14 +51,9 @@ __all__ = [
 
 #: The paper's comparison (Table 1) plus the offline backbone this book can always run.
 COMPARED = ("vgg16", "resnet18", "inception_v3", "efficientnet_b0", "efficientnet_lite0")
-#: Parameter counts the paper quotes (1000-class ImageNet head) and whether each is exact: VGG16's is
-#: "about 138 million", shown but not subtracted from.
-PAPER_PARAMS = {
-    "efficientnet_b0": (5_288_548, True),
-    "resnet50": (25_557_032, True),
-    "inception_v3": (27_161_264, True),
-    "vgg16": (138_000_000, False),
-}
+#: Parameter counts the paper quotes (1000-class ImageNet head) and whether each is exact: for VGG16 it says
+#: only "over 128,000,000", shown but not subtracted from.
+PAPER_PARAMS = paper.PARAMETER_COUNTS
 UNAVAILABLE = "ImageNet weights unavailable here (no internet)"
 COMPUTED = "computed"
 COLUMNS = [
@@ -78,7 +74,7 @@ COLUMNS = [
 ]
 #: Smallest input an architecture trains at (Inception-v3's auxiliary head needs a 17x17 Mixed_6e map).
 MIN_TRAIN_SIZE = {"inception_v3": 299}
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the test part (ALLKIT_TEST_DATA) is part of the key
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -97,7 +93,7 @@ def parameter_table(names: Iterable[str] | None = None) -> pd.DataFrame:
 
     ``params_imagenet_head``: with the 1000-class head, the figure papers quote (torchvision's weight
     metadata; counted on the built model for EfficientNet-Lite0); ``params_2_classes``: with the new
-    HEM/ALL head; ``paper_params`` for display (VGG16's is rounded: no difference computed). In the default
+    HEM/ALL head; ``paper_params`` for display (VGG16's is a lower bound: no difference computed). In the default
     table a backbone that cannot be built here (Lite0 without its optional package) keeps a row saying why.
     """
     rows = []
@@ -111,7 +107,7 @@ def parameter_table(names: Iterable[str] | None = None) -> pd.DataFrame:
             rows.append({"backbone": backbone.name, "input_size": backbone.input_size, "note": str(err)})
             continue
         paper, exact = PAPER_PARAMS.get(backbone.name, (None, True))
-        note = "" if exact else "paper gives a rounded figure"
+        note = "" if exact else "the paper says only 'over' this figure"
         if backbone.name == "inception_v3":
             aux = _count(_shapes_only(backbone.name, 1000).AuxLogits)
             note = f"includes the auxiliary classifier ({aux:,}); without it {imagenet - aux:,}"
@@ -155,6 +151,7 @@ def _cache_key(profile: Profile, data: str, name: str, weights: str | None, size
         "version": _CACHE_VERSION,
         "profile": profile.to_dict(),
         "data": data,
+        "test_data": None if test_data_root() is None else str(test_data_root()),
         "backbone": name,
         "weights": weights,
         "image_size": size,
@@ -227,6 +224,7 @@ def _matching_run(runs: Sequence, profile: Profile, data: str, name: str, size: 
             card["backbone"] == name
             and card["data"] == data
             and card["image_size"] == size
+            and card.get("test_data") == (None if test_data_root() is None else str(test_data_root()))
             and run.metrics["profile"] == profile.to_dict()
         ):
             return run
@@ -314,14 +312,14 @@ def compare_backbones(
         row = _read_cache(path, key)
         if row is not None:
             if progress:
-                print(f"{name}: reusing {path}")
+                print(f"{name}: reusing {path.parent.name}/{path.name}")
             rows.append(row)
             continue
         started = time.perf_counter()
         run = _matching_run(runs, profile, data, name, size)
         if run is not None:
             if progress:
-                print(f"{name}: taken from the finished run in {run.out}")
+                print(f"{name}: taken from the finished run in runs/{run.out.name}")
             seconds = run.metrics.get("seconds", {})
             row = _row_from_metrics(
                 name, run.metrics, seconds.get("finetune", math.nan) + seconds.get("hybrid", math.nan), note

@@ -6,7 +6,9 @@
     ctx = setup("04_finetuning")      # prints the run card
     run = ctx.run()                   # the profile's reproduce() run: loaded if already done, else computed
 
-On Colab (or anywhere with ``ALLKIT_DOWNLOAD=1``) a missing data set is fetched with kagglehub first.
+On Colab (or anywhere with ``ALLKIT_DOWNLOAD=1``) a missing data set is fetched with kagglehub first. Each
+notebook's first code cell is the same: a Colab form (profile, runs on Google Drive), the pinned install
+(:data:`INSTALL`), then :func:`setup`.
 """
 
 import inspect
@@ -29,12 +31,45 @@ from allkit.constants import (
 from allkit.data import CNMC, load_cnmc
 from allkit.device import select_device
 from allkit.study import perf
-from allkit.study.profiles import Profile, get_profile
+from allkit.study.download import download_cnmc
+from allkit.study.profiles import ENV_PROFILE, Profile, default_profile, get_profile
 from allkit.study.run import Run, describe_device, git_commit, load_run, reproduce
-from allkit.study.workspace import ENV_DATA, data_root, has_cnmc, local_folders, runs_dir
+from allkit.study.workspace import (
+    ENV_DATA,
+    ENV_RUNS,
+    ENV_TEST_DATA,
+    data_root,
+    has_cnmc,
+    local_folders,
+    runs_dir,
+    test_data_root,
+)
 
+# Where the book is published and which release a Colab setup cell installs: one place, for whoever publishes
+# the repository (tag the release, then set RELEASE to the tag; tests/test_book.py checks every notebook uses it).
 REPOSITORY = "allkit/allkit"
-COLAB_URL = "https://colab.research.google.com/github/{repo}/blob/main/notebooks/{name}.ipynb"
+RELEASE = "v0.1.0"
+INSTALL = f"allkit[download,offline] @ git+https://github.com/{REPOSITORY}@{RELEASE}"
+COLAB_URL = "https://colab.research.google.com/github/{repo}/blob/{release}/notebooks/{name}.ipynb"
+DRIVE_RUNS = "/content/drive/MyDrive/allkit-runs"
+# Minutes per chapter on a Colab T4 with the paper profile: ESTIMATES from the paper profile's work (10,661
+# training and 1,867 test cells, EfficientNet-B0, 5 epochs) at the speeds benchmarks/gpu.py targets, not
+# measurements; replace them with measured ones when the book runs on a GPU.
+T4_MINUTES = {
+    "01_data": 4,
+    "02_preprocessing": 4,
+    "03_efficientnet": 4,
+    "04_finetuning": 12,
+    "05_hybrid": 2,
+    "06_gradcam": 2,
+    "07_backbones": 45,
+    "08_literature": 1,
+    "09_authors_code": 50,
+    "10_patients_calibration": 15,
+    "11_improved_recipe": 50,
+    "12_across_people": 120,
+    "13_deployment": 10,
+}
 
 
 def on_colab() -> bool:
@@ -42,16 +77,53 @@ def on_colab() -> bool:
 
 
 def colab_url(name: str) -> str:
-    return COLAB_URL.format(repo=REPOSITORY, name=name)
+    return COLAB_URL.format(repo=REPOSITORY, release=RELEASE, name=name)
+
+
+def shown(path) -> str:
+    """A path as a page may show it: relative to the working directory, else named by the variable that set it,
+    else its last two parts, so that no machine's folders end up in the book."""
+    path = Path(path)
+    for name in (ENV_DATA, ENV_TEST_DATA, ENV_RUNS):
+        if os.environ.get(name) and path == Path(os.environ[name]):
+            return f"${name}"
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve().parent))
+    except ValueError:
+        return str(Path("…", *path.parts[-2:]))
+
+
+def _kaggle_credentials() -> None:
+    """On Colab: KAGGLE_USERNAME / KAGGLE_KEY from the notebook's secrets (the key icon on the left), else
+    kagglehub's own login form."""
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return
+    try:
+        from google.colab import userdata  # only on Colab
+
+        for name in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+            os.environ[name] = userdata.get(name)
+    except Exception:  # no secret stored, or not allowed for this notebook: ask
+        import kagglehub
+
+        kagglehub.login()
 
 
 def _maybe_download() -> None:
     if os.environ.get(ENV_DATA) or any(f.is_dir() and has_cnmc(f) for f in local_folders("data")):
         return
     if on_colab() or os.environ.get("ALLKIT_DOWNLOAD") == "1":
-        from allkit.study.download import download_cnmc
+        if on_colab():
+            _kaggle_credentials()
+        os.environ[ENV_DATA] = str(download_cnmc(Path.cwd() / "data"))  # kagglehub's copy: once per runtime
 
-        os.environ[ENV_DATA] = str(download_cnmc(Path.cwd() / "data"))
+
+def _runs_on_drive() -> None:
+    from google.colab import drive  # only on Colab
+
+    drive.mount("/content/drive")
+    Path(DRIVE_RUNS).mkdir(parents=True, exist_ok=True)
+    os.environ[ENV_RUNS] = DRIVE_RUNS
 
 
 def show_source(obj):
@@ -100,6 +172,8 @@ class Context:
     data_source: str
     cells: CNMC
     runs_dir: Path
+    test_root: Path | None = None
+    colab_default: bool = False
     _run: Run | None = field(default=None, repr=False)
 
     @property
@@ -117,13 +191,27 @@ class Context:
             metrics = self.run_dir / "metrics.json"
             if metrics.is_file() and (self.run_dir / "model" / "manifest.json").is_file():
                 saved = json.loads(metrics.read_text())
-                if saved.get("profile") == self.profile.to_dict() and saved["run_card"]["data"] == str(self.data_root):
+                same_test = saved["run_card"].get("test_data") == (
+                    None if self.test_root is None else str(self.test_root)
+                )
+                if (
+                    saved.get("profile") == self.profile.to_dict()
+                    and saved["run_card"]["data"] == str(self.data_root)
+                    and same_test
+                ):
                     self._run = load_run(self.run_dir, with_model=True)
                     print(f"(reusing the finished run in runs/{self.profile.name})")
                     return self._run
             if self.run_dir.exists():
                 print(f"(runs/{self.profile.name} holds a run of other data or settings: it is replaced)")
-            self._run = reproduce(self.profile, self.data_root, out=self.run_dir, overwrite=True, progress=progress)
+            self._run = reproduce(
+                self.profile,
+                self.data_root,
+                out=self.run_dir,
+                overwrite=True,
+                progress=progress,
+                test_data=self.test_root or False,
+            )
         return self._run
 
     def variant(self, variant, *, progress: bool = True):
@@ -138,25 +226,46 @@ def run_card(ctx: Context) -> dict:
     frame = ctx.cells.frame
     return {
         "notebook": ctx.notebook,
-        "profile": ctx.profile.name,
-        "data": f"{ctx.data_root} ({ctx.data_source})",
+        "profile": ctx.profile.name
+        + (" (Colab with a GPU: the paper's protocol by default)" if ctx.colab_default else ""),
+        "data": f"{shown(ctx.data_root)} ({ctx.data_source})",
+        "tested on": f"{shown(ctx.test_root)}: people the data does not hold"
+        if ctx.test_root
+        else "people held out of the data",
         "real or synthetic": "SYNTHETIC stand-in (not real cells)" if ctx.synthetic else "real C-NMC 2019 cells",
         "cells": f"{len(frame)} labelled ({int(frame.label.sum())} ALL / {int((frame.label == 0).sum())} HEM), "
         f"{frame.subject.nunique()} subjects",
         "backbone (profile)": f"{ctx.profile.backbone} ({ctx.profile.weights} weights; offline fallback: "
         f"{ctx.profile.fallback_backbone or 'none'})",
         "device": describe_device(select_device("auto")),
+        "time on a Colab T4": f"about {T4_MINUTES[ctx.notebook]} min with the paper profile (an estimate, not yet measured)"
+        if ctx.notebook in T4_MINUTES
+        else "unknown",
         "allkit": f"{allkit.__version__} (commit {git_commit() or 'unknown'})",
     }
 
 
-def setup(notebook: str, profile: str | None = None, data: str | None = None) -> Context:
-    """Resolve the profile and the data (``ALLKIT_PROFILE``, ``ALLKIT_DATA``) and print the run card."""
-    _maybe_download()
+def setup(
+    notebook: str,
+    profile: str | None = None,
+    data: str | None = None,
+    *,
+    runs_on_drive: bool = False,
+    download: bool = True,
+) -> Context:
+    """Resolve the profile and the data (``ALLKIT_PROFILE``, ``ALLKIT_DATA``, ``ALLKIT_TEST_DATA``) and print
+    the run card. On Colab: fetch C-NMC 2019 once per runtime (Kaggle credentials from the notebook's
+    secrets, else a login form; ``download=False``: the synthetic stand-in) and, with ``runs_on_drive``, keep finished runs on Google Drive so that later
+    chapters (and later sessions) load them instead of training again."""
+    if runs_on_drive and on_colab():
+        _runs_on_drive()
+    if download:
+        _maybe_download()
     perf.speed_up()
-    chosen = get_profile(profile)
+    chosen = get_profile(None if profile in (None, "", "auto") else profile)
+    colab_default = profile in (None, "", "auto") and not os.environ.get(ENV_PROFILE) and default_profile() == "paper"
     root, source = data_root(data)
-    ctx = Context(notebook, chosen, Path(root), source, load_cnmc(root), runs_dir())
+    ctx = Context(notebook, chosen, Path(root), source, load_cnmc(root), runs_dir(), test_data_root(), colab_default)
     card = run_card(ctx)
     width = max(len(k) for k in card)
     print("Run card")

@@ -62,12 +62,15 @@ class Variant:
     normalize: bool | None = None
     class_weight: str | None = None
     seed: int | None = None
+    test: str = "default"  # "internal": test on people held out of the data even when ALLKIT_TEST_DATA is set
 
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ConfigError(f"variant {self.name!r}: split={self.split!r}; expected one of {SPLITS}")
         if self.head not in HEADS:
             raise ConfigError(f"variant {self.name!r}: head={self.head!r}; expected one of {HEADS}")
+        if self.test not in ("default", "internal"):
+            raise ConfigError(f"variant {self.name!r}: test={self.test!r}; expected 'default' or 'internal'")
         get_recipe(self.recipe)
 
 
@@ -86,7 +89,8 @@ def _resolved(variant: Variant, profile: Profile) -> tuple[Recipe, Profile, int]
 def _key(variant: Variant, recipe: Recipe, profile: Profile, seed: int, data: str) -> str:
     payload = {
         "format": FORMAT,
-        "variant": {k: v for k, v in asdict(variant).items() if k != "name"},
+        # not the name, nor `test`: what the test part is enters through `data` (the folder tested on)
+        "variant": {k: v for k, v in asdict(variant).items() if k not in ("name", "test")},
         "recipe": recipe.training_dict(),
         "profile": profile.to_dict(),
         "seed": seed,
@@ -262,16 +266,20 @@ def run_variant(
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     recipe, prof, seed = _resolved(variant, profile)
     root, _ = workspace.data_root(data)
-    test_root = workspace.test_data_root()  # ALLKIT_TEST_DATA: the test part is other people's cells
+    # ALLKIT_TEST_DATA: the test part is other people's cells, unless the variant keeps its test inside the data
+    # (test="internal", and the by-image split, which measures leakage within one data set)
+    inside = variant.test == "internal" or variant.split == "image"
+    test_root = None if inside else workspace.test_data_root()
     key = _key(variant, recipe, prof, seed, str(root) if test_root is None else f"{root} | test: {test_root}")
     base = Path(runs_dir or workspace.runs_dir()) / profile.name / "experiments"
+    done = [f for f in sorted(base.glob(f"*-{key[:10]}")) if (f / "meta.json").is_file() and (f / "cnn.pt").is_file()]
+    if done:  # this very fine-tune, perhaps under another name (e.g. "paper" before the external test set)
+        meta = read_json(done[0] / "meta.json", AllkitError, f"; delete {done[0]} to run the variant again")
+        return VariantRun(variant, recipe, prof, seed, done[0], meta)
     folder = base / f"{variant.name}-{key[:10]}"
     meta_path = folder / "meta.json"
-    if meta_path.is_file() and (folder / "cnn.pt").is_file():
-        meta = read_json(meta_path, AllkitError, f"; delete {folder} to run the variant again")
-        return VariantRun(variant, recipe, prof, seed, folder, meta)
 
-    prepared, model = prepare(prof, root, progress=progress, init_seed=seed, test_data=test_root)
+    prepared, model = prepare(prof, root, progress=progress, init_seed=seed, test_data=test_root or False)
     if variant.head == "imagenet":
         model = build_model(prepared.backbone, prepared.weights, num_classes=1000)
     trainer = finetune(prepared, model, recipe, seed=seed, progress=progress)

@@ -162,7 +162,7 @@ def choose_backbone(profile: Profile, backbone: str | None, weights: str | None)
     chosen = None if isinstance(chosen, str) and chosen.lower() in ("none", "random") else chosen
     try:
         return build_model(name, chosen), name, chosen, f"{name} with {chosen or 'random'} weights"
-    except ModelError as err:
+    except ModelError:
         if backbone is not None or weights is not None or profile.fallback_backbone is None:
             raise
         fallback = profile.fallback_backbone
@@ -170,7 +170,6 @@ def choose_backbone(profile: Profile, backbone: str | None, weights: str | None)
             f"{name}'s {chosen} weights could not be loaded here (no internet?); using {fallback} with its "
             "packaged offline ImageNet weights instead"
         )
-        print(f"allkit: {note}. ({err})", file=sys.stderr)
         return build_model(fallback, "offline"), fallback, "offline", note
 
 

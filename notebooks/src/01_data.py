@@ -1,28 +1,42 @@
 # %% [markdown]
 # # 1. The data: C-NMC 2019
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/allkit/allkit/blob/main/notebooks/01_data.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/allkit/allkit/blob/v0.1.0/notebooks/01_data.ipynb)
 #
-# This notebook follows the paper's description of its data set, the C-NMC 2019 single-cell images,
-# and redraws its FIG 1 (example cells of both classes). We look at what the full release contains,
-# what the copy on this machine contains, and why every split in this book is made **by subject**, never
-# by image. By the end you will have seen the leakage guard refuse a split that the paper's own
-# numbers may have been built on.
+# This chapter follows the paper's description of its data set {cite:p}`somu2024advancing`, the C-NMC
+# 2019 single-cell images, and redraws its FIG 1 (example cells of both classes). We look at what the
+# full release contains, what the copy on this machine contains, which other people the book tests on,
+# and why every split in this book is made **by subject** (by person), never by image. By the end you
+# will have seen the leakage guard refuse a split that the paper's own numbers may have been built on.
+#
+# **Learning goals.** After this chapter you can
+# - describe C-NMC 2019: what one image shows, why its labels belong to people rather than to cells,
+#   and which parts of it this book trains, validates and tests on;
+# - split cells by subject with allkit, explain why a split by image leaks, and let the leakage guard
+#   check a split for you;
+# - compute the baseline every accuracy must beat, "always answering the larger class", and say why
+#   accuracy over cells favours the people with the most cells.
 
 # %%
-# Setup: on Colab this installs allkit and fetches C-NMC 2019 (kagglehub); elsewhere it only prints the run card.
+# Setup. On Colab: pick the options in the form, then run. Elsewhere: the run card.
+PROFILE = "auto"  #@param ["auto", "paper", "sample", "ci"]
+DATA = "Kaggle"  #@param ["Kaggle", "synthetic"]
+KEEP_RUNS_ON_GOOGLE_DRIVE = False  #@param {type:"boolean"}
+SPEC = "allkit[download,offline] @ git+https://github.com/allkit/allkit@v0.1.0"
 try:
     import allkit  # noqa: F401
-except ImportError:
-    %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
+except ImportError:  # on Colab: install the book's release first
+    %pip install -q {SPEC}
+    import allkit  # noqa: F401
 from allkit.study.book import setup
 
-ctx = setup("01_data")
+ctx = setup("01_data", PROFILE, download=DATA == "Kaggle",
+            runs_on_drive=KEEP_RUNS_ON_GOOGLE_DRIVE)
 
 # %% [markdown]
-# The run card above says which data this notebook read, and whether it is real. Everything below is
-# computed from that data; if the card says **SYNTHETIC**, the numbers describe allkit's generated
-# stand-in cells, not leukemia.
+# The run card above says which data this chapter read, whether it is real, and which people it is tested
+# on. Everything below is computed from that data; if the card says **SYNTHETIC**, the numbers describe
+# allkit's generated stand-in cells, not leukemia.
 #
 # ## What C-NMC 2019 is
 #
@@ -52,9 +66,9 @@ ctx = setup("01_data")
 #
 # ```
 # C-NMC_Leukemia/
-#   training_data/fold_0/all/UID_11_10_1_all.bmp      subject 11, image 10, cell 1, ALL
-#   training_data/fold_0/hem/UID_H10_43_1_hem.bmp     subject H10 (healthy), image 43, cell 1, HEM
-#   training_data/fold_1/...   training_data/fold_2/...
+#   training_data/fold_1/all/UID_2_1_1_all.bmp        subject 2, image 1, cell 1, ALL
+#   training_data/fold_1/hem/UID_H10_43_1_hem.bmp     subject H10 (healthy), image 43, cell 1, HEM
+#   training_data/fold_0/...   training_data/fold_2/...
 #   validation_data/C-NMC_test_prelim_phase_data/1.bmp ... 1867.bmp
 #   validation_data/C-NMC_test_prelim_phase_data_labels.csv     Patient_ID,new_names,labels (1 = ALL)
 #   testing_data/C-NMC_test_final_phase_data/1.bmp ... 2586.bmp
@@ -67,7 +81,7 @@ ctx = setup("01_data")
 # ## What is here
 #
 # `allkit data check` reads every image, counts cells and subjects per class, and looks for unreadable
-# files, duplicated files and subjects that appear in two folds. The notebook calls the same function
+# files, duplicated files and subjects that appear in two folds. The chapter calls the same function
 # the command uses:
 
 # %%
@@ -80,27 +94,82 @@ ctx.cells.summary()
 # One row per split, fold and class of what was found; the notes of the report (printed below)
 # say what is missing compared with the public release. Per class:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for name in ("ALL", "HEM"):
-    print(f"{name}: {report['images'][name]} images from {report['subjects'][name]} subjects")
-print(f"total: {sum(report['images'].values())} images from {sum(report['subjects'].values())} subjects")
+    images, subjects = report["images"][name], report["subjects"][name]
+    print(f"{name}: {images} images from {subjects} subjects")
+images, subjects = sum(report["images"].values()), sum(report["subjects"].values())
+print(f"total: {images} images from {subjects} subjects")
 print(f"unreadable files: {len(report['bad_files'])}")
 print(f"subjects in two folds or parts: {len(report['leakage'])}")
 
+# %% [markdown]
+# Next to the published size of each part of the release (`allkit.constants.EXPECTED_COUNTS`), and the
+# report's notes:
+
 # %%
+from allkit.constants import EXPECTED_COUNTS
+
+frame = ctx.cells.frame
+here = {fold: int((frame.fold == fold).sum())
+        for fold in ("fold_0", "fold_1", "fold_2", "prelim")}
+here["training"] = here["fold_0"] + here["fold_1"] + here["fold_2"]
+here["final"] = len(ctx.cells.unlabelled)
+print(f"{'part':<10}{'published':>11}{'here':>8}")
+for part in ("fold_0", "fold_1", "fold_2", "training", "prelim", "final"):
+    print(f"{part:<10}{EXPECTED_COUNTS[part]:>11,}{here[part]:>8,}")
 for note in report["notes"]:
     print("note:", note)
 if ctx.synthetic:
-    print("These counts describe allkit's SYNTHETIC stand-in, not the C-NMC 2019 release.")
+    print("These counts describe allkit's SYNTHETIC stand-in, not C-NMC 2019.")
 
 # %% [markdown]
-# The copy this book was executed on (see the run card) is **fold 1 of the training set only**: a real
-# but partial sample. Two consequences run through the whole book. First, with one fold there is no
-# preliminary test set, so the paper's train/test protocol cannot be followed; allkit splits the present
-# subjects instead (below). Second, fold 1 holds only **three healthy subjects**. Any subject-wise
-# evaluation on it has one or two HEM subjects in its test part: a small, noisy basis for any claim about
-# how well healthy cells are recognised.
+# The copy this book's pages were executed on (see the run card) is **fold 1 of the training set only**:
+# a real but partial sample, complete for that fold. Two consequences run through the whole book. First,
+# with one fold there is no preliminary test set, so the paper's train/test protocol cannot be followed
+# as written. Second, a fold holds only a handful of **healthy subjects** (counted above): any
+# evaluation on fold 1 alone has one or two healthy donors in its test part, a small and noisy basis for
+# any claim about how well healthy cells are recognised.
+#
+# ## The test people: an external test set
+#
+# To test on more people than fold 1 can spare, the book's runs use an **external test set**: C-NMC
+# 2019 training cells of people who are *not* in fold 1, recovered from public copies of the data set
+# (folds 0 and 2; which fold each person came from is not known). A run finds it through the
+# `ALLKIT_TEST_DATA` variable; the run card above says whether this chapter has it. Everything the
+# models are trained on and everything that is chosen (epochs, thresholds) comes from fold 1; the
+# external people are used once, to measure. Without the variable (e.g. on Colab with the full download),
+# the test part is split from the data itself, as the paper does.
+
+# %%
+from allkit.data import check_leakage, load_cnmc
+from allkit.study.book import shown
+
+if ctx.test_root is None:
+    external = None
+    print("No external test set here: the test part of a run is split from the data.")
+else:
+    external = load_cnmc(ctx.test_root).frame.assign(fold="external")
+    print(f"external test set ({shown(ctx.test_root)}): {len(external)} cells of "
+          f"{external.subject.nunique()} people")
+    for name in ("ALL", "HEM"):
+        cells = external[external.class_name == name]
+        sizes = cells.subject.value_counts()
+        print(f"  {name}: {len(cells)} cells from {len(sizes)} people, {sizes.min()} "
+              f"to {sizes.max()} cells each (median {sizes.median():.0f})")
+    largest = external.subject.value_counts().head(2)
+    print(f"  the two people with the most cells ({', '.join(largest.index)}) hold "
+          f"{largest.sum() / len(external):.0%} of the cells")
+    check_leakage({"data": frame, "external": external})
+    print("  people in both the data and the external set: none (check_leakage passed)")
+
+# %% [markdown]
+# The external people are many more than fold 1 could give a test part, which is the point: a result
+# on them says something about *new* people, healthy ones included. Two things to keep in mind when
+# reading their scores in later chapters. The number of cells per person is very uneven (printed
+# above), so an accuracy over cells is mostly an accuracy over the few people with the most cells; the
+# book therefore reports per-person figures and intervals bootstrapped over people beside it. And the
+# class mix is not fold 1's (next section).
 #
 # ## Cells per subject
 
@@ -112,51 +181,72 @@ import seaborn as sns
 
 from allkit.study.plots import CLASS_COLORS
 
-frame = ctx.cells.frame
 palette = {"HEM": CLASS_COLORS[0], "ALL": CLASS_COLORS[1]}
-per_subject = (frame.groupby(["class_name", "subject"]).size().rename("cells").reset_index()
-               .sort_values(["class_name", "cells"], ascending=[True, False]))
+sources = {"the data": frame, "external test set": external}
+sources = {name: cells for name, cells in sources.items() if cells is not None}
 
-fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
-sns.barplot(data=per_subject, x="subject", y="cells", hue="class_name", palette=palette, dodge=False, ax=ax)
-ax.set_xlabel("Subject (file-name id; H = healthy donor)")
-ax.set_ylabel("Number of cells")
-ax.set_title("Cells per subject")
-ax.legend(title="class");
+
+def cells_per_subject(cells):
+    counts = cells.groupby(["class_name", "subject"]).size().rename("cells")
+    counts = counts.reset_index()
+    return counts.sort_values(["class_name", "cells"], ascending=[True, False])
+
+
+fig, axes = plt.subplots(len(sources), 1, figsize=(9, 3.6 * len(sources)),
+                         layout="constrained", squeeze=False)
+for ax, (name, cells) in zip(axes[:, 0], sources.items()):
+    sns.barplot(data=cells_per_subject(cells), x="subject", y="cells", hue="class_name",
+                palette=palette, dodge=False, ax=ax)
+    ax.set_xlabel("Subject (file-name id; H = healthy donor)")
+    ax.set_ylabel("Number of cells")
+    ax.set_title(f"Cells per subject: {name}")
+    crowded = cells.subject.nunique() > 20
+    ax.tick_params(axis="x", labelsize=7 if crowded else 9, rotation=90)
+    ax.legend(title="class")
 
 # %%
-biggest = per_subject.sort_values("cells", ascending=False).iloc[0]
-print(f"{frame.subject.nunique()} subjects; cells per subject range from {per_subject.cells.min()} "
-      f"to {per_subject.cells.max()} (median {per_subject.cells.median():.0f})")
-print(f"largest subject: {biggest.subject} ({biggest.class_name}) with {biggest.cells} cells, "
-      f"{biggest.cells / len(frame):.0%} of all cells here")
-for name in ("ALL", "HEM"):
-    counts = per_subject[per_subject.class_name == name].cells
-    print(f"{name}: {len(counts)} subjects, {counts.mean():.0f} cells per subject on average")
+for name, cells in sources.items():
+    counts = cells_per_subject(cells)
+    biggest = counts.sort_values("cells", ascending=False).iloc[0]
+    low, high, median = counts.cells.min(), counts.cells.max(), counts.cells.median()
+    print(f"{name}: {cells.subject.nunique()} subjects; cells per subject range from "
+          f"{low} to {high} (median {median:.0f})")
+    print(f"  largest subject: {biggest.subject} ({biggest.class_name}) with "
+          f"{biggest.cells} cells, {biggest.cells / len(cells):.0%} of the cells")
+    for cls in ("ALL", "HEM"):
+        of_class = counts[counts.class_name == cls].cells
+        print(f"  {cls}: {len(of_class)} subjects, "
+              f"{of_class.mean():.0f} cells per subject on average")
 
 # %% [markdown]
 # Each bar is one subject, red for ALL patients, blue for healthy donors. Subjects contribute very
 # different numbers of cells, and the average per subject differs between the classes (printed above).
-# That matters for evaluation: an accuracy computed over *cells* is dominated by the subjects with the most
-# cells, so a test set of a few subjects can swing by several points depending on which subjects land in
-# it. Later notebooks therefore report intervals bootstrapped over subjects, not over cells.
+# That matters for evaluation: an accuracy computed over *cells* is dominated by the subjects with the
+# most cells, so a test set can swing by several points depending on how a few large subjects fare.
+# Later chapters therefore report intervals bootstrapped over subjects, not over cells.
 #
-# ## Class imbalance
+# ## Class imbalance and the baseline
 #
-# About two thirds of the cells are ALL, in the full release and here alike:
+# About two thirds of the cells of the training set are ALL. Here are the shares in the published
+# counts, in the data here and in the external test people:
 
 # %%
-from allkit.constants import EXPECTED_COUNTS
+from allkit.study import paper
 
-full_all, full_hem = EXPECTED_COUNTS["training_ALL"], EXPECTED_COUNTS["training_HEM"]
-here_all, here_hem = report["images"]["ALL"], report["images"]["HEM"]
-shares = pd.DataFrame({
-    "data": ["full training set (published counts)"] * 2 + ["present data"] * 2,
-    "class": ["ALL", "HEM"] * 2,
-    "share": [full_all / (full_all + full_hem), full_hem / (full_all + full_hem),
-              here_all / (here_all + here_hem), here_hem / (here_all + here_hem)],
-})
-fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+
+def class_counts(cells):
+    return int(cells.label.sum()), int((cells.label == 0).sum())
+
+
+groups = {"full training set (published)": (EXPECTED_COUNTS["training_ALL"],
+                                            EXPECTED_COUNTS["training_HEM"]),
+          "the data here": class_counts(frame)}
+if external is not None:
+    groups["external test set"] = class_counts(external)
+shares = pd.DataFrame([{"data": name, "class": cls, "share": n / (n_all + n_hem)}
+                       for name, (n_all, n_hem) in groups.items()
+                       for cls, n in (("ALL", n_all), ("HEM", n_hem))])
+fig, ax = plt.subplots(figsize=(7, 1.2 + 0.8 * len(groups)), layout="constrained")
 sns.barplot(data=shares, x="share", y="data", hue="class", palette=palette, ax=ax)
 ax.set_xlabel("Share of cells")
 ax.set_ylabel("")
@@ -165,17 +255,20 @@ ax.set_title("Class balance: ALL vs HEM")
 for container in ax.containers:
     ax.bar_label(container, fmt="{:.1%}", padding=3, fontsize=8)
 
-majority = here_all / (here_all + here_hem)
-print(f"full training set: {full_all / (full_all + full_hem):.1%} ALL; present data: {majority:.1%} ALL")
-print(f"a classifier that always answers 'ALL' is right on {majority:.1%} of the cells here")
+for name, (n_all, n_hem) in groups.items():
+    print(f"{name}: {n_all + n_hem:,} cells, {n_all / (n_all + n_hem):.1%} ALL: "
+          f"'always ALL' is right on {n_all / (n_all + n_hem):.3f} of them")
+print(f"the paper reports, on its own test set: CNN alone "
+      f"{paper.CNN_ALONE_ACCURACY:.2f}, hybrid {paper.HYBRID_ACCURACY:.2f}")
 
 # %% [markdown]
-# The bars show the share of each class in the published training-set counts and in the data on this
-# machine; the two agree closely. The imbalance sets the floor every result must be read against: a
-# "classifier" that ignores the image and always says ALL already scores the accuracy printed above on
-# these cells. The paper's 0.81 (CNN) and 0.85 (hybrid) are on its own test set, whose class mix differs,
-# but the point stands: with two thirds of one class, accuracy alone flatters a model, which is why the
-# later notebooks also report per-class recall, balanced accuracy and ROC AUC.
+# The bars show the share of each class. The imbalance sets the floor every result must be read
+# against: a "classifier" that ignores the image and always says ALL already scores the printed share
+# of ALL cells as its accuracy, on every data set, and that share differs between the data sets. The
+# paper's accuracies {cite:p}`somu2024advancing` (printed last) are on its own test set, whose class mix
+# it does not report, so they cannot be set against the right baseline; this book prints the baseline
+# beside every accuracy it measures, and also reports per-class recall, balanced accuracy and ROC AUC,
+# which "always ALL" cannot fool.
 #
 # ## FIG 1: what the cells look like
 #
@@ -222,14 +315,16 @@ def cell_area(path):
     pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.int32)
     return float((pixels.sum(axis=-1) > 30).mean())  # share of non-black pixels
 
-sampled = frame.sample(frac=1, random_state=ctx.profile.seed).groupby("subject").head(30)
+
+shuffled = frame.sample(frac=1, random_state=ctx.profile.seed)
+sampled = shuffled.groupby("subject").head(30)
 sampled = sampled.assign(area=[cell_area(p) for p in sampled.path])
 order = (sampled.groupby(["class_name", "subject"]).area.median().reset_index()
          .sort_values(["class_name", "area"]).subject.tolist())
 
 fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
-sns.boxplot(data=sampled, x="subject", y="area", hue="class_name", order=order, palette=palette,
-            dodge=False, ax=ax)
+sns.boxplot(data=sampled, x="subject", y="area", hue="class_name", order=order,
+            palette=palette, dodge=False, ax=ax)
 ax.set_xlabel("Subject")
 ax.set_ylabel("Cell area (share of image)")
 ax.set_title("Cell size per subject (30 cells each)")
@@ -239,7 +334,8 @@ ax.legend(title="class", loc="upper left", bbox_to_anchor=(1.0, 1.0));
 medians = sampled.groupby(["class_name", "subject"]).area.median()
 for name in ("ALL", "HEM"):
     m = medians[name]
-    print(f"{name}: median cell area per subject from {m.min():.3f} to {m.max():.3f} of the image")
+    print(f"{name}: median cell area per subject from {m.min():.3f} to {m.max():.3f} "
+          "of the image")
 
 # %% [markdown]
 # Each box is one subject's cells (blue HEM, red ALL), sorted by median within each class. The classes
@@ -249,46 +345,77 @@ for name in ("ALL", "HEM"):
 # the subject, and the score says little about a **new patient**, which is the only case that matters
 # clinically.
 #
-# So allkit splits the **subjects**: every subject goes, with all its cells, into exactly one of train,
-# validation and test, and the subjects of each class are divided separately so every part has both
-# classes. With this book's profile the fractions are:
+# ## The book's split: by subject
+#
+# So allkit splits the **subjects**: every subject goes, with all its cells, into exactly one part, and
+# the subjects of each class are divided separately so every part has both classes. Every run of the
+# book gets its split from one function, `make_split`. With an external test set it splits the data
+# into **training and validation** only, by subject, and the external people are the test part; without
+# one it splits the data into training, validation and test by subject (or, when the preliminary test
+# set is present and the profile asks for it, follows the paper's protocol):
 
 # %%
-from allkit.data import split_by_subject
+from allkit.study.book import show_source
+from allkit.study.run import make_split
 
-split = split_by_subject(frame, val_size=ctx.profile.val_size, test_size=ctx.profile.test_size,
-                         seed=ctx.profile.seed)
-print(f"protocol: {split.protocol}, seed {split.seed}, val {ctx.profile.val_size:.0%} and "
-      f"test {ctx.profile.test_size:.0%} of each class's subjects")
+show_source(make_split)
+
+# %% [markdown]
+# Here is that split for this chapter's profile and data: the people in each part, by class.
+
+# %%
+split = make_split(frame, ctx.profile, external)
+print(f"protocol: {split.protocol}, seed {split.seed}; validation: "
+      f"{ctx.profile.val_size:.0%} of each class's subjects")
+
+
+def people(cells, name):
+    ids = cells[cells.class_name == name].subject.unique()
+    ids = sorted(ids, key=lambda s: (len(s), s))
+    return ", ".join(ids) if len(ids) <= 12 else f"{len(ids)} people"
+
+
 for part, cells in split.parts().items():
-    by_class = {name: sorted(cells[cells.class_name == name].subject.unique()) for name in ("ALL", "HEM")}
-    print(f"{part:>5}: {len(cells):5d} cells | ALL subjects {', '.join(by_class['ALL'])} "
-          f"| HEM subjects {', '.join(by_class['HEM'])}")
+    print(f"{part:>5}: {len(cells):5d} cells, {cells.label.mean():.0%} ALL "
+          f"| ALL: {people(cells, 'ALL')} | HEM: {people(cells, 'HEM')}")
+donors = {part: cells[cells.label == 0].subject.nunique()
+          for part, cells in split.parts().items()}
+print("healthy donors per part: " + ", ".join(f"{k} {v}" for k, v in donors.items()))
+if ctx.profile.max_train_cells:
+    print(f"the {ctx.profile.name} profile then trains on at most "
+          f"{ctx.profile.max_train_cells} cells and scores at most "
+          f"{ctx.profile.max_eval_cells} per part (drawn per subject)")
 split.summary()
 
 # %% [markdown]
-# Every subject appears in exactly one line above, and the table counts the cells and subjects in each
-# part and class. Note the HEM column: with three healthy subjects on the fold-1 sample, each part gets a
-# single healthy donor, so the test part's HEM cells all come from one person. The split is still
-# honest; it is just small, and the later notebooks say so next to every number.
+# Every subject belongs to exactly one part (parts with many people are counted rather than listed),
+# and the table counts the cells and subjects in each part and class. Look at the healthy donors per
+# part: with so few of them in fold 1, the validation part's healthy cells come from very few people,
+# so every choice made on validation (which epoch, which threshold) rests on them. Note also how
+# differently the parts are mixed (the share of ALL per line): the accuracy of "always ALL" moves with
+# it. Where the run has an external test set, the test part is where it earns its place: many more
+# people of both classes, none seen in training.
 #
 # ### The leakage guard
 #
-# `split_by_subject` checks its own result, and the check is available on its own as `check_leakage`:
-# it raises `SubjectLeakageError` when any subject is in two parts. Here is what happens to the split that
-# is easiest to make by accident, a random split of the **cells** (stratified by class):
+# `split_by_subject`, which `make_split` calls, checks its own result, and the check is available on its
+# own as `check_leakage`: it raises `SubjectLeakageError` when any subject is in two parts. Here is what
+# happens to the split that is easiest to make by accident, a random split of the **cells** (stratified
+# by class):
 
 # %%
 from sklearn.model_selection import train_test_split
 
-from allkit.data import check_leakage, split_by_image
+from allkit.data import split_by_image
 from allkit.errors import DataError, SubjectLeakageError
 
-train_cells, test_cells = train_test_split(frame, test_size=0.2, random_state=ctx.profile.seed,
-                                           stratify=frame.label)
+train_cells, test_cells = train_test_split(frame, test_size=0.2, stratify=frame.label,
+                                           random_state=ctx.profile.seed)
 shared = set(train_cells.subject) & set(test_cells.subject)
-print(f"by-image split: {len(test_cells)} test cells; {test_cells.subject.isin(shared).mean():.0%} of them "
-      f"belong to a subject that also has cells in training ({len(shared)} of {frame.subject.nunique()} subjects)")
+siblings = test_cells.subject.isin(shared).mean()
+print(f"by-image split: {len(test_cells)} test cells; {siblings:.0%} "
+      f"of them belong to a subject that also has cells in training "
+      f"({len(shared)} of {frame.subject.nunique()} subjects)")
 try:
     check_leakage({"train": train_cells, "test": test_cells})
 except SubjectLeakageError as error:
@@ -310,8 +437,8 @@ print(f"\nwith leaky=True: protocol {leaky.protocol!r}, flagged leaky={leaky.lea
 # %% [markdown]
 # The paper does not say how its validation and test sets were drawn from the preliminary test set; the
 # authors' public code splits it by image, cell by cell. allkit's `paper` profile therefore halves the
-# preliminary test set **by subject** and keeps the by-image variant only as an explicitly leaky option
-# (the fine-tuning notebook uses these splits).
+# preliminary test set **by subject** and keeps the by-image variant only as an explicitly leaky option;
+# {doc}`09_authors_code` measures how much a by-image split inflates the scores.
 #
 # ## Identical files
 #
@@ -320,10 +447,13 @@ print(f"\nwith leaky=True: protocol {leaky.protocol!r}, flagged leaky={leaky.lea
 # pixels):
 
 # %%
+from pathlib import Path
+
+subject_of = frame.set_index(frame.path.astype(str)).subject
 print(f"groups of byte-identical files: {len(report['duplicates'])}")
 for group in report["duplicates"]:
-    names = [p.rsplit("/", 1)[-1] for p in group]
-    subjects = sorted({frame.set_index(frame.path.astype(str)).subject.get(p, "?") for p in group})
+    names = [Path(p).name for p in group]
+    subjects = sorted({subject_of.get(p, "?") for p in group})
     print(f"  {' = '.join(names)}  (subject {', '.join(subjects)})")
 
 if report["duplicates"]:
@@ -332,7 +462,7 @@ if report["duplicates"]:
     fig, axes = plt.subplots(1, 3, figsize=(8, 2.9), layout="constrained")
     for ax, img, path in zip(axes, pair, (a, b)):
         ax.imshow(img)
-        ax.set_title(path.rsplit("/", 1)[-1], fontsize=8)
+        ax.set_title(Path(path).name, fontsize=8)
     diff = np.abs(pair[0].astype(int) - pair[1].astype(int)).sum(-1)
     axes[2].imshow(diff, cmap="gray", vmin=0, vmax=max(1, diff.max()))
     axes[2].set_title(f"absolute difference (max {diff.max()})", fontsize=8)
@@ -354,11 +484,144 @@ else:
 # ## Summary
 #
 # - C-NMC 2019 is single segmented cells, labelled by subject: ALL = 1 (patients), HEM = 0 (healthy).
-# - The data here is fold 1 of the training set, with only three healthy subjects: real, but small on
-#   the HEM side.
-# - About two thirds of the cells are ALL, so "always ALL" is the baseline to beat.
+# - The data on the book's pages is fold 1 of the training set, with few healthy subjects: it is split
+#   by subject into training and validation, and the test part is an external set of other people.
+# - About two thirds of the cells are ALL, so "always ALL" is the baseline to beat, and its score
+#   differs between data sets; cells per subject are very uneven, so accuracy over cells favours the
+#   largest subjects.
 # - A subject's cells resemble each other, so splits go by subject, and allkit refuses by-image splits
 #   unless told they are leaky.
 #
 # Next, {doc}`02_preprocessing` follows one of these cells through the paper's preprocessing and
 # augmentation.
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise}
+# :label: ex-01-baseline
+# Score the "classifier" that always answers ALL on each part of the book's split with
+# `allkit.metrics.evaluate`: accuracy, balanced accuracy, sensitivity (ALL recall) and specificity
+# (HEM recall). Which of these numbers gives it away?
+# ```
+#
+# ```{solution-start} ex-01-baseline
+# :class: dropdown
+# ```
+
+# %%
+from allkit.metrics import evaluate
+
+scores = {}
+for part, cells in split.parts().items():
+    always_all = np.ones(len(cells), dtype=int)
+    result = evaluate(cells.label.to_numpy(), always_all)
+    scores[part] = {key: result[key] for key in
+                    ("accuracy", "balanced_accuracy", "sensitivity", "specificity")}
+pd.DataFrame(scores).T.round(3)
+
+# %% [markdown]
+# Its accuracy is exactly the share of ALL cells of each part, which can look respectable, and it
+# changes from part to part with the class mix alone. Specificity gives it away: not one healthy cell is
+# recognised. Balanced accuracy, the mean of the two recalls, is 0.5 on every part, the score of a coin
+# toss, whatever the class mix. That is why the later chapters print balanced accuracy and the
+# majority-class baseline beside every accuracy.
+#
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ex-01-largest-people
+# Take the test part of the split. Imagine a model that gets every cell of the two people with the most
+# cells right and every other cell wrong. What is its accuracy over cells, and its mean accuracy over
+# people?
+# ```
+#
+# ```{solution-start} ex-01-largest-people
+# :class: dropdown
+# ```
+
+# %%
+test = split.test
+largest = test.subject.value_counts().index[:2]
+right = test.subject.isin(largest)
+per_person = right.groupby(test.subject).mean()
+print(f"test part: {len(test)} cells of {test.subject.nunique()} people; "
+      f"right on every cell of {', '.join(largest)}")
+print(f"accuracy over cells: {right.mean():.3f}")
+print(f"mean accuracy over people: {per_person.mean():.3f} "
+      f"({int(per_person.sum())} of {len(per_person)} people right)")
+
+# %% [markdown]
+# The same predictions get very different scores: over cells, the two largest people count for their
+# whole share of the cells; over people, they are two votes among all. Neither number is wrong, they
+# answer different questions (how many cells are right, how many people are served well), but a
+# diagnosis is made for a person. This is why the book bootstraps its intervals over people and prints
+# per-person accuracy beside the cell-level one.
+#
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ex-01-darker
+# The notes of the external test set warn that fold 1's healthy donors have darker cells than its ALL
+# patients. Measure the mean brightness of the cell pixels (not the black background) for 30 cells of
+# every person in the training part and in the test part. Choose the brightness cut that best separates
+# the training people by class, and see how many test people it classifies correctly.
+# ```
+#
+# ```{solution-start} ex-01-darker
+# :class: dropdown
+# ```
+
+# %%
+def brightness(path):
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    return float(pixels[pixels.sum(axis=-1) > 30].mean())  # mean over the cell's pixels
+
+
+def person_brightness(cells):
+    few = cells.sample(frac=1, random_state=ctx.profile.seed)
+    few = few.groupby("subject").head(30)
+    few = few.assign(brightness=[brightness(p) for p in few.path])
+    return few.groupby("subject").agg(label=("label", "first"),
+                                      brightness=("brightness", "mean"))
+
+
+people_train = person_brightness(split.train)
+people_test = person_brightness(split.test)
+for part, table in (("train", people_train), ("test", people_test)):
+    for label, name in ((1, "ALL"), (0, "HEM")):
+        b = table[table.label == label].brightness
+        print(f"{part:>5} {name}: {len(b):2d} people, "
+              f"brightness {b.min():5.1f} to {b.max():5.1f}")
+
+
+def accuracy_of_cut(table, cut):  # "brighter than the cut means ALL"
+    return float(((table.brightness > cut).astype(int) == table.label).mean())
+
+
+cuts = np.sort(people_train.brightness.to_numpy())
+cut = max(cuts, key=lambda c: accuracy_of_cut(people_train, c))
+print(f"best cut on the training people: {cut:.1f} "
+      f"(right on {accuracy_of_cut(people_train, cut):.0%} of them)")
+print(f"the same cut on the test people: "
+      f"right on {accuracy_of_cut(people_test, cut):.0%}; 'always ALL' is right on "
+      f"{(people_test.label == 1).mean():.0%} of them")
+test_donors = people_test[people_test.label == 0]
+print(f"test donors darker than the cut: {(test_donors.brightness <= cut).sum()} "
+      f"of {len(test_donors)}")
+
+# %% [markdown]
+# Compare the ranges printed for the two parts. Among the training people, one number per person,
+# the brightness of the cell, sorts the classes as well as the printed accuracy says: a shortcut that a
+# network can pick up as easily as any feature of the nucleus. Whether it carries over is what the test
+# lines show: the cut chosen on the training people is applied unchanged to people it has never seen.
+# Set its share of right answers against "always ALL" on the same people (printed beside it), and count
+# the healthy test donors it still calls healthy: the gap between the training and the test lines is
+# the part of the shortcut that belonged to the few donors of fold 1, not to the disease.
+# {doc}`12_across_people` returns to this with augmentations that make colour less useful to the
+# network.
+#
+# ```{solution-end}
+# ```

@@ -1,22 +1,35 @@
 # %% [markdown]
 # # 2. Preprocessing and augmentation
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/allkit/allkit/blob/main/notebooks/02_preprocessing.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/allkit/allkit/blob/v0.1.0/notebooks/02_preprocessing.ipynb)
 #
-# This notebook follows the paper's preprocessing and augmentation: a centre crop, a
-# resize to 224 pixels, random flips and rotations, and conversion to a tensor. We push one real cell
-# through every step and look at it after each one, then see what the paper leaves out (normalisation)
-# and how allkit runs the same pipeline fast enough for a CPU or a Colab GPU.
+# This chapter follows the paper's preprocessing and augmentation {cite:p}`somu2024advancing`: a centre
+# crop, a resize to 224 pixels, random flips and rotations, and conversion to a tensor. We push one real
+# cell through every step and look at it after each one, then see what the paper leaves out
+# (normalisation) and how allkit runs the same pipeline fast enough for a CPU or a Colab GPU.
+#
+# **Learning goals.** After this chapter you can
+# - list the paper's preprocessing and augmentation steps in order, and tell the deterministic ones
+#   (done once per cell) from the random ones (drawn afresh every time a cell is used);
+# - normalise an image for a pretrained network by hand, and explain why the statistics must be the
+#   ones the network was pretrained with, not those of the new data;
+# - say what an augmentation does and does not vary, and check it by drawing many augmentations.
 
 # %%
-# Setup: on Colab this installs allkit and fetches C-NMC 2019 (kagglehub); elsewhere it only prints the run card.
+# Setup. On Colab: pick the options in the form, then run. Elsewhere: the run card.
+PROFILE = "auto"  #@param ["auto", "paper", "sample", "ci"]
+DATA = "Kaggle"  #@param ["Kaggle", "synthetic"]
+KEEP_RUNS_ON_GOOGLE_DRIVE = False  #@param {type:"boolean"}
+SPEC = "allkit[download,offline] @ git+https://github.com/allkit/allkit@v0.1.0"
 try:
     import allkit  # noqa: F401
-except ImportError:
-    %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
+except ImportError:  # on Colab: install the book's release first
+    %pip install -q {SPEC}
+    import allkit  # noqa: F401
 from allkit.study.book import setup
 
-ctx = setup("02_preprocessing")
+ctx = setup("02_preprocessing", PROFILE, download=DATA == "Kaggle",
+            runs_on_drive=KEEP_RUNS_ON_GOOGLE_DRIVE)
 
 # %% [markdown]
 # ## The paper's pipeline
@@ -25,17 +38,18 @@ ctx = setup("02_preprocessing")
 # `allkit.transforms`, and can describe them in words. First the pipeline exactly as the paper gives it,
 # then allkit's default, which adds one step:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from allkit.study.book import describe_pipeline
 
 print("The paper's training pipeline:")
 for i, step in enumerate(describe_pipeline(normalize=False), start=1):
     print(f"  {i}. {step}")
 print("\nallkit's default adds:")
-print(f"  {len(describe_pipeline(normalize=True))}. {describe_pipeline(normalize=True)[-1]}")
+with_normalize = describe_pipeline(normalize=True)
+print(f"  {len(with_normalize)}. {with_normalize[-1]}")
 print("\nFor evaluation the random steps are left out:")
-for i, step in enumerate(describe_pipeline(normalize=False, train=False), start=1):
+evaluation = describe_pipeline(normalize=False, train=False)
+for i, step in enumerate(evaluation, start=1):
     print(f"  {i}. {step}")
 
 # %% [markdown]
@@ -56,17 +70,26 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from allkit.constants import CROP_SIZE, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, ROTATION_DEGREES
+from allkit.constants import (
+    CROP_SIZE,
+    IMAGE_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ROTATION_DEGREES,
+)
 
 frame = ctx.cells.frame
 
-def asymmetry(path):  # how much the cell's outline changes under a horizontal and a vertical flip
+
+def asymmetry(path):  # how much the outline changes under the two flips
     mask = np.asarray(Image.open(path).convert("L")) > 10
     return (mask != mask[:, ::-1]).mean() + (mask != mask[::-1, :]).mean()
 
+
 all_cells = frame[frame.label == 1]
 candidates = all_cells.sample(min(40, len(all_cells)), random_state=ctx.profile.seed)
-cell = candidates.loc[max(candidates.index, key=lambda i: asymmetry(candidates.path[i]))]
+most_asymmetric = max(candidates.index, key=lambda i: asymmetry(candidates.path[i]))
+cell = candidates.loc[most_asymmetric]
 original = Image.open(cell.path).convert("RGB")
 print(f"{Path(cell.path).name}: subject {cell.subject}, {cell.class_name}, "
       f"{original.size[0]}×{original.size[1]} pixels, mode {original.mode}")
@@ -75,29 +98,39 @@ cropped = F.center_crop(original, [CROP_SIZE, CROP_SIZE])
 resized = F.resize(cropped, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
 h_flipped = F.horizontal_flip(resized)
 v_flipped = F.vertical_flip(h_flipped)
-rotated = F.rotate(v_flipped, ROTATION_DEGREES, interpolation=v2.InterpolationMode.NEAREST, fill=0)
-tensor = F.to_dtype(F.to_image(rotated), torch.float32, scale=True)        # ToTensor: [0, 1]
+rotated = F.rotate(v_flipped, ROTATION_DEGREES, fill=0,
+                   interpolation=v2.InterpolationMode.NEAREST)
+tensor = F.to_dtype(F.to_image(rotated), torch.float32, scale=True)  # ToTensor: [0, 1]
 normalised = F.normalize(tensor, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+
 
 def describe(x):
     if isinstance(x, Image.Image):
         return f"{x.size[0]}×{x.size[1]}, uint8 0–255"
     return f"{tuple(x.shape)}, float {x.min():.2f} to {x.max():.2f}"
 
+
 def stretch(x):  # per-channel min-max, only to make a normalised tensor viewable
     lo = x.amin(dim=(1, 2), keepdim=True)
     hi = x.amax(dim=(1, 2), keepdim=True)
     return ((x - lo) / (hi - lo)).permute(1, 2, 0).numpy()
 
+
+def viewable(img):
+    if img is normalised:
+        return stretch(img)
+    return img.permute(1, 2, 0).numpy() if torch.is_tensor(img) else img
+
+
 stages = [
-    ("1. original", original), (f"2. CenterCrop({CROP_SIZE})", cropped), (f"3. Resize({IMAGE_SIZE})", resized),
-    ("4. horizontal flip", h_flipped), ("5. vertical flip", v_flipped),
-    (f"6. rotate +{ROTATION_DEGREES:g}°", rotated), ("7. ToTensor", tensor), ("8. Normalize (ImageNet)", normalised),
+    ("1. original", original), (f"2. CenterCrop({CROP_SIZE})", cropped),
+    (f"3. Resize({IMAGE_SIZE})", resized), ("4. horizontal flip", h_flipped),
+    ("5. vertical flip", v_flipped), (f"6. rotate +{ROTATION_DEGREES:g}°", rotated),
+    ("7. ToTensor", tensor), ("8. Normalize (ImageNet)", normalised),
 ]
 fig, axes = plt.subplots(2, 4, figsize=(12, 6.6), layout="constrained")
 for ax, (name, img) in zip(axes.ravel(), stages):
-    shown = stretch(img) if img is normalised else (img.permute(1, 2, 0).numpy() if torch.is_tensor(img) else img)
-    ax.imshow(shown)
+    ax.imshow(viewable(img))
     ax.set_title(name, fontsize=10)
     ax.set_xlabel(describe(img), fontsize=8)
     ax.set_ylabel("y (pixels)", fontsize=8)
@@ -133,9 +166,11 @@ from allkit.transforms import eval_transform, to_model_input
 
 by_hand = F.to_dtype(F.to_image(resized), torch.float32, scale=True)
 via_eval = eval_transform(normalize=False)(original)
-via_cache = to_model_input(torch.from_numpy(decode_cell(original)).permute(2, 0, 1), normalize=False)
+cached = torch.from_numpy(decode_cell(original)).permute(2, 0, 1)  # uint8 [3, 224, 224]
+via_cache = to_model_input(cached, normalize=False)
 print(f"eval_transform equals the steps by hand: {torch.equal(via_eval, by_hand)}")
-print(f"decode_cell + to_model_input equals them too: {torch.equal(via_cache, by_hand)}")
+print(f"decode_cell + to_model_input equals them too: "
+      f"{torch.equal(via_cache, by_hand)}")
 
 # %% [markdown]
 # ## Normalisation: what the paper skips
@@ -144,15 +179,18 @@ print(f"decode_cell + to_model_input equals them too: {torch.equal(via_cache, by
 # photographs normalised per channel,
 #
 # $$
-# x'_c = \frac{x_c - \mu_c}{\sigma_c}, \qquad \mu = (0.485,\ 0.456,\ 0.406), \quad \sigma = (0.229,\ 0.224,\ 0.225),
+# x'_c = \frac{x_c - \mu_c}{\sigma_c}
 # $$
+#
+# with ImageNet's per-channel means $\mu$ and standard deviations $\sigma$ (printed by the first code
+# cell of this chapter),
 #
 # so the first convolution and the batch-norm statistics after it were tuned to inputs centred near zero
 # with unit spread. Fed raw [0, 1] values instead, every early activation is shifted and scaled, and
 # fine-tuning first has to undo that mismatch before it can use what the pretrained filters know. The
 # paper's pipeline, as it describes it, ends at `ToTensor`. That is a real difference, not a detail:
 # fine-tuning can partly adapt (batch norm re-estimates its statistics while training), but it spends
-# part of its five epochs doing so.
+# part of its epochs doing so.
 #
 # allkit's profiles handle this as follows (the profile is chosen with `ALLKIT_PROFILE`):
 
@@ -170,10 +208,12 @@ for profile in PROFILES.values():
         how = "no normalisation: [0, 1] input, as the paper's pipeline"
     else:
         mean, std = get_backbone(profile.backbone).mean_std
-        how = f"the backbone's own statistics ({profile.backbone}: mean {rounded(mean)}, std {rounded(std)})"
+        how = (f"the backbone's own statistics ({profile.backbone}: "
+               f"mean {rounded(mean)}, std {rounded(std)})")
         if profile.fallback_backbone:
             mean, std = get_backbone(profile.fallback_backbone).mean_std
-            how += f"; offline fallback {profile.fallback_backbone}: mean {rounded(mean)}, std {rounded(std)}"
+            how += (f"; offline fallback {profile.fallback_backbone}: "
+                    f"mean {rounded(mean)}, std {rounded(std)}")
     marker = "  <- this run" if profile.name == ctx.profile.name else ""
     print(f"{profile.name:>6}: {how}{marker}")
 
@@ -181,32 +221,35 @@ for profile in PROFILES.values():
 # The `paper` profile reproduces the paper, so it does not normalise. The `sample` and `ci` profiles
 # normalise with whatever the backbone was trained on: ImageNet's mean and standard deviation for
 # torchvision's EfficientNet-B0, and (x·255 − 127)/128 for the EfficientNet-Lite0 that stands in for it
-# when B0's weights cannot be downloaded (notebook 3 explains Lite0).
+# when B0's weights cannot be downloaded ({doc}`03_efficientnet` explains Lite0).
 #
 # What does normalisation do to the pixel values of our cell? Histograms of the three channels, before
 # (step 7) and after (step 8):
 
 # %%
-x01 = by_hand                                   # [3, 224, 224] in [0, 1], no augmentation
+x01 = by_hand  # [3, 224, 224] in [0, 1], no augmentation
 xn = F.normalize(x01, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
 colors = ("tab:red", "tab:green", "tab:blue")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-for ax, values, title in ((axes[0], x01, "after ToTensor: [0, 1]"), (axes[1], xn, "after ImageNet Normalize")):
+panels = ((axes[0], x01, "after ToTensor: [0, 1]"),
+          (axes[1], xn, "after ImageNet Normalize"))
+for ax, values, title in panels:
     for c, (name, color) in enumerate(zip("RGB", colors)):
-        ax.hist(values[c].ravel().numpy(), bins=80, histtype="step", color=color, label=name, log=True)
+        ax.hist(values[c].ravel().numpy(), bins=80, histtype="step", color=color,
+                label=name, log=True)
     ax.set_xlabel("Pixel value")
     ax.set_ylabel("Number of pixels (log scale)")
     ax.set_title(title)
     ax.legend(title="channel")
 fig.suptitle("Pixel values of one cell");
 
-background = (x01.max(dim=0).values < 0.02).float().mean().item()
-print(f"near-black background: {background:.0%} of the pixels")
+dark = x01.max(dim=0).values < 0.02  # near-black background pixels
+print(f"near-black background: {dark.float().mean().item():.0%} of the pixels")
 for c, name in enumerate("RGB"):
-    print(f"{name}: black maps to {(0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]:+.2f} after normalisation; "
-          f"cell pixels mean {x01[c][x01.max(dim=0).values >= 0.02].mean():.2f} -> "
-          f"{xn[c][x01.max(dim=0).values >= 0.02].mean():+.2f}")
+    black = (0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+    print(f"{name}: black maps to {black:+.2f} after normalisation; "
+          f"cell pixels mean {x01[c][~dark].mean():.2f} -> {xn[c][~dark].mean():+.2f}")
 
 # %% [markdown]
 # Left: in [0, 1], each channel has a tall spike at 0 (the black background, most of the image) and a
@@ -218,12 +261,14 @@ for c, name in enumerate("RGB"):
 
 # %%
 sample = frame.sample(min(64, len(frame)), random_state=ctx.profile.seed)
-batch = torch.stack([to_model_input(torch.from_numpy(decode_cell(p)).permute(2, 0, 1), normalize=False)
-                     for p in sample.path])
+decoded = torch.stack([torch.from_numpy(decode_cell(p)).permute(2, 0, 1)
+                       for p in sample.path])
+batch = to_model_input(decoded, normalize=False)
 mean, std = batch.mean(dim=(0, 2, 3)), batch.std(dim=(0, 2, 3))
 print(f"{len(sample)} cells | channel: C-NMC mean / std   vs   ImageNet mean / std")
 for c, name in enumerate("RGB"):
-    print(f"      {name}: {mean[c]:.3f} / {std[c]:.3f}   vs   {IMAGENET_MEAN[c]:.3f} / {IMAGENET_STD[c]:.3f}")
+    print(f"      {name}: {mean[c]:.3f} / {std[c]:.3f}   vs   "
+          f"{IMAGENET_MEAN[c]:.3f} / {IMAGENET_STD[c]:.3f}")
 
 # %% [markdown]
 # The cells are far darker than ImageNet's average photo because most of each image is black. One could
@@ -240,7 +285,7 @@ for c, name in enumerate("RGB"):
 from allkit.constants import FLIP_PROBABILITY
 from allkit.transforms import BatchAugment
 
-uint8_cell = torch.from_numpy(decode_cell(original)).permute(2, 0, 1)   # [3, 224, 224] uint8
+uint8_cell = cached  # [3, 224, 224] uint8, from decode_cell above
 eight = uint8_cell.unsqueeze(0).repeat(8, 1, 1, 1)
 augment = BatchAugment()
 generator = torch.Generator().manual_seed(ctx.profile.seed)
@@ -255,19 +300,21 @@ for ax, img, caption in zip(axes.ravel(), augmented, captions):
     ax.set_xlabel(caption, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-fig.suptitle(f"BatchAugment (flips p = {augment.p_hflip:g}, rotation ±{augment.degrees:g}°): 8 draws for one cell");
+fig.suptitle(f"BatchAugment (flips p = {augment.p_hflip:g}, "
+             f"rotation ±{augment.degrees:g}°): 8 draws for one cell");
 
 unflipped = (1 - FLIP_PROBABILITY) ** 2
 print(f"{int(hflip.sum())} of 8 flipped horizontally, {int(vflip.sum())} vertically; "
       f"angles from {angle.min():+.1f}° to {angle.max():+.1f}°")
-print(f"with p = {FLIP_PROBABILITY} per flip, {unflipped:.0%} of augmented images are not flipped at all")
+print(f"with p = {FLIP_PROBABILITY} per flip, {unflipped:.0%} of augmented images "
+      "are not flipped at all")
 
 # %% [markdown]
 # Each panel is the same cell with one random draw; the caption says which flips were applied and by how
-# many degrees it was rotated. Most copies are not flipped (with two independent flips of probability
-# 0.2, the printed share of images get neither), and the rotations are small. The paper's augmentation
-# is mild: it adds variety in orientation only, not in colour, scale or sharpness, which is where
-# subjects differ most (notebook 1).
+# many degrees it was rotated. With two independent flips of the printed probability, most augmented
+# images get neither flip (the share is printed above), and the rotations are small. The paper's
+# augmentation is mild: it adds variety in orientation only, not in colour, scale or sharpness, which
+# is where subjects differ most ({doc}`01_data`).
 #
 # ## Decode once, augment on the device
 #
@@ -277,19 +324,25 @@ print(f"with p = {FLIP_PROBABILITY} per flip, {unflipped:.0%} of augmented image
 # to floats run during training, on whole batches, on whatever device trains the model:
 
 # %%
+from allkit.constants import EXPECTED_COUNTS
 from allkit.data import CellDataset, build_cache, make_loader
 
 small = frame.sample(min(80, len(frame)), random_state=ctx.profile.seed)
 cache = build_cache(small, progress=False)
-images, labels = next(iter(make_loader(CellDataset(cache), batch_size=40, shuffle=True)))
+loader = make_loader(CellDataset(cache), batch_size=40, shuffle=True)
+images, labels = next(iter(loader))
 x = to_model_input(augment(images, generator=generator), normalize=True)
 
 print(f"cache: {cache.images.dtype} array of shape {cache.images.shape}, "
       f"{cache.images.nbytes / 2**20:.1f} MiB for {len(cache)} cells")
-full = 10_661 * IMAGE_SIZE * IMAGE_SIZE * 3
-print(f"the full training set (10,661 cells) at {IMAGE_SIZE} px: {full / 2**30:.2f} GiB on disk, memory-mapped")
-print(f"one batch from the loader: {images.dtype} {tuple(images.shape)}, labels {labels.tolist()[:8]}...")
-print(f"after BatchAugment + to_model_input: {x.dtype} {tuple(x.shape)}, values {x.min():.2f} to {x.max():.2f}")
+n_full = EXPECTED_COUNTS["training"]
+full = n_full * IMAGE_SIZE * IMAGE_SIZE * 3
+print(f"the full training set ({n_full:,} cells) at {IMAGE_SIZE} px: "
+      f"{full / 2**30:.2f} GiB on disk, memory-mapped")
+print(f"one batch from the loader: {images.dtype} {tuple(images.shape)}, "
+      f"labels {labels.tolist()[:8]}...")
+print(f"after BatchAugment + to_model_input: {x.dtype} {tuple(x.shape)}, "
+      f"values {x.min():.2f} to {x.max():.2f}")
 
 # %% [markdown]
 # The cache holds bytes (one per colour channel per pixel), a quarter of the space of float32, and the
@@ -320,3 +373,115 @@ print(f"after BatchAugment + to_model_input: {x.dtype} {tuple(x.shape)}, values 
 #   the device, with per-image random draws.
 #
 # Next, {doc}`03_efficientnet` opens up the network these tensors are fed to.
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise}
+# :label: ex-02-flip-share
+# Draw the random parameters of 10,000 augmentations with `BatchAugment.draw` (seeded). Compare the
+# share of images with no flip, with exactly one flip and with both flips, and the mean absolute
+# rotation angle, with what the probabilities of the paper's pipeline predict.
+# ```
+#
+# ```{solution-start} ex-02-flip-share
+# :class: dropdown
+# ```
+
+# %%
+n = 10_000
+hflip, vflip, angle = augment.draw(n, torch.Generator().manual_seed(ctx.profile.seed))
+p_h, p_v = augment.p_hflip, augment.p_vflip
+flips = hflip.int() + vflip.int()
+expected = {0: (1 - p_h) * (1 - p_v),
+            1: p_h * (1 - p_v) + (1 - p_h) * p_v,
+            2: p_h * p_v}
+for k, name in ((0, "no flip"), (1, "one flip"), (2, "both flips")):
+    drawn = (flips == k).float().mean()
+    print(f"{name:>10}: {drawn:.4f} drawn, {expected[k]:.4f} expected")
+print(f"mean |angle|: {angle.abs().mean():.3f}° drawn, {augment.degrees / 2:.3f}° "
+      f"expected (uniform in ±{augment.degrees:g}°)")
+
+# %% [markdown]
+# The drawn shares agree with the products of the probabilities to within the sampling error of 10,000
+# draws (about ±0.01), and the mean absolute angle is half the maximum, as for any uniform draw
+# symmetric about zero. So most training images are seen unflipped and nearly upright: each epoch
+# shows every cell once, in one fresh draw, and the paper's few epochs show a cell in only a few
+# orientations.
+#
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ex-02-lite0-input
+# EfficientNet-Lite0's ImageNet weights expect inputs scaled as (x·255 − 127)/128, with x in [0, 1].
+# Compute that by hand for our cell and check that `to_model_input` with Lite0's statistics from
+# `get_backbone("efficientnet_lite0").mean_std` gives the same tensor. What does black become?
+# ```
+#
+# ```{solution-start} ex-02-lite0-input
+# :class: dropdown
+# ```
+
+# %%
+lite_stats = get_backbone("efficientnet_lite0").mean_std
+by_formula = (uint8_cell.float() - 127) / 128  # uint8 pixel values are x·255
+via_allkit = to_model_input(uint8_cell.unsqueeze(0), normalize=lite_stats)[0]
+print(f"Lite0 statistics: mean {rounded(lite_stats[0])}, std {rounded(lite_stats[1])}")
+print(f"largest difference: {(by_formula - via_allkit).abs().max():.2e}; "
+      f"equal within float rounding: "
+      f"{torch.allclose(by_formula, via_allkit, atol=1e-5)}")
+print(f"black becomes {-127 / 128:+.4f}; the cell's values run from "
+      f"{via_allkit.min():+.3f} to {via_allkit.max():+.3f}")
+
+# %% [markdown]
+# The formula is a normalisation like ImageNet's, with the same mean 127/255 and standard deviation
+# 128/255 in every channel, so allkit stores it as a (mean, std) pair and `to_model_input` needs no
+# special case; the differences are float rounding. Black, most of every C-NMC image, becomes almost
+# exactly −1: the range Lite0 was trained on is [−1, 1], not ImageNet's per-channel scale. Feeding Lite0
+# ImageNet-normalised input, or B0 Lite0-normalised input, would give each network numbers on a scale
+# its first layer never saw; that is why the statistics belong to the backbone, not to the data.
+#
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ex-02-colour
+# The paper's augmentation varies orientation only. Measure the mean colour of the cell's pixels in the
+# eight `BatchAugment` copies above, and in eight copies made with torchvision's
+# `v2.ColorJitter(brightness=0.2, saturation=0.2, hue=0.02)` instead. How much does each move the
+# colour a network sees?
+# ```
+#
+# ```{solution-start} ex-02-colour
+# :class: dropdown
+# ```
+
+# %%
+def cell_colour(img):  # mean R, G, B over the non-black pixels of a uint8 [3, H, W]
+    pixels = img.float()
+    mask = pixels.max(dim=0).values > 10
+    return pixels[:, mask].mean(dim=1)
+
+
+torch.manual_seed(ctx.profile.seed)
+jitter = v2.ColorJitter(brightness=0.2, saturation=0.2, hue=0.02)
+jittered = torch.stack([jitter(uint8_cell) for _ in range(8)])
+for name, copies in (("BatchAugment", augmented), ("ColorJitter", jittered)):
+    colours = torch.stack([cell_colour(img) for img in copies])  # [8, 3]
+    low, high = colours.min(dim=0).values, colours.max(dim=0).values
+    print(f"{name:>12}: mean R, G, B from {[round(v, 1) for v in low.tolist()]} "
+          f"to {[round(v, 1) for v in high.tolist()]}, "
+          f"largest spread {(high - low).max():.2f} of 255")
+
+# %% [markdown]
+# Flips only move pixels, and a nearest-neighbour rotation of a cell that sits well inside its image
+# only resamples them, so the paper's augmentation leaves the cell's mean colour essentially where it
+# was (the first line: the spread is a fraction of one grey level). Colour jitter moves it by many grey
+# levels from copy to copy (the second line). That matters because colour and brightness are exactly
+# where people differ ({doc}`01_data`): with orientation-only augmentation, a network can keep using a
+# person's stain as a clue. {doc}`12_across_people` trains with colour and stain augmentation to see
+# whether that helps on new people.
+#
+# ```{solution-end}
+# ```

@@ -1,31 +1,46 @@
 # %% [markdown]
 # # 10. Patients, imbalance and calibration
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/allkit/allkit/blob/main/notebooks/10_patients_calibration.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/allkit/allkit/blob/v0.1.0/notebooks/10_patients_calibration.ipynb)
 #
-# The earlier chapters scored the classifier cell by cell, at the fixed threshold 0.5. A clinic asks three
-# other questions, and this chapter answers each with the same fine-tuned models:
+# The earlier chapters scored the classifier cell by cell, at the fixed threshold 0.5, as the paper
+# ({cite:p}`somu2024advancing`) does. A clinic asks three other questions, and this chapter answers each
+# with the same fine-tuned models:
 #
-# 1. **Patients, not cells.** A diagnosis is made per person. How do we turn hundreds of cell
-#    probabilities into one decision, and how many people does the test set actually let us judge?
-# 2. **Imbalance.** About two training cells in three are ALL. Does the model lean towards ALL, and do
-#    the usual remedies (a class-weighted loss, XGBoost's `scale_pos_weight`, a threshold chosen on
-#    validation) change that on people it has never seen?
+# 1. **Patients, not cells.** A diagnosis is made per person. How do we turn many cell probabilities into
+#    one decision, and how many people does the test set actually let us judge?
+# 2. **Imbalance.** Most training cells are ALL. Does the model lean towards ALL, and do the usual
+#    remedies (a class-weighted loss, XGBoost's `scale_pos_weight`, a threshold chosen on validation)
+#    change that on people it has never seen?
 # 3. **Calibration.** When the model says "p(ALL) = 0.9", is it right nine times in ten? Can we repair
-#    its probabilities with the validation subjects, and does the repair survive on the test subjects?
+#    its probabilities with the validation people, and does the repair survive on the test people?
 #
 # One rule holds throughout: anything *chosen* (a threshold, a calibration map) is chosen on the
-# **validation** subjects and then applied unchanged to the **test** subjects.
+# **validation** people and then applied unchanged to the **test** people.
+#
+# **Learning goals.** After this chapter you can
+# - turn cell probabilities into one diagnosis per person, and say how many people a test set must hold
+#   before a patient-level accuracy means something;
+# - compare remedies for class imbalance on sensitivity, specificity and balanced accuracy, and explain
+#   why moving the threshold leaves the ROC AUC unchanged;
+# - calibrate probabilities on validation people (Platt, isotonic), read a reliability diagram, and
+#   recognise a shift between people that no calibration fitted on a few donors can repair.
 
 # %%
-# Setup: on Colab this installs allkit and fetches C-NMC 2019 (kagglehub); elsewhere it only prints the run card.
+# Setup. On Colab: pick the options in the form, then run. Elsewhere: the run card.
+PROFILE = "auto"  #@param ["auto", "paper", "sample", "ci"]
+DATA = "Kaggle"  #@param ["Kaggle", "synthetic"]
+KEEP_RUNS_ON_GOOGLE_DRIVE = False  #@param {type:"boolean"}
+SPEC = "allkit[download,offline] @ git+https://github.com/allkit/allkit@v0.1.0"
 try:
     import allkit  # noqa: F401
-except ImportError:
-    %pip install -q "allkit[download,offline] @ git+https://github.com/allkit/allkit"
+except ImportError:  # on Colab: install the book's release first
+    %pip install -q {SPEC}
+    import allkit  # noqa: F401
 from allkit.study.book import setup
 
-ctx = setup("10_patients_calibration")
+ctx = setup("10_patients_calibration", PROFILE, download=DATA == "Kaggle",
+            runs_on_drive=KEEP_RUNS_ON_GOOGLE_DRIVE)
 
 # %% [markdown]
 # Two fine-tunes are used: the paper's recipe, and the same recipe with a **class-weighted** loss (each
@@ -42,32 +57,41 @@ from scipy.stats import binomtest
 from allkit import metrics
 from allkit.constants import CLASS_NAMES
 from allkit.study import calibration, plots
+from allkit.study import paper as published
 from allkit.study.experiments import Variant, format_rows, score_row
 
 paper = ctx.variant(Variant("paper"), progress=False)
-weighted = ctx.variant(Variant("class-weighted", class_weight="balanced"), progress=False)
+weighted = ctx.variant(Variant("class-weighted", class_weight="balanced"),
+                       progress=False)
 card = paper.meta["run_card"]
 n_boot, seed = ctx.profile.n_boot, ctx.profile.seed
-print(f"Backbone: {card['backbone']} ({card['weights_note'] or card['weights'] + ' weights'})")
+print(f"Backbone: {card['backbone']} ({card['weights_note']})")
 print(f"Device: {card['device']}; profile {card['profile']}, {card['image_size']} px, "
       f"{ctx.profile.epochs} epoch(s) per fine-tune")
-print(f"Data: {'SYNTHETIC stand-in' if card['synthetic'] else 'real C-NMC 2019 cells'} ({card['data']})")
+data = "SYNTHETIC stand-in" if card["synthetic"] else "real C-NMC 2019 cells"
+tested = ("an external set of people (none of them in the training data)"
+          if card.get("test_data") else "people held out of the training data")
+print(f"Data: {data}; test part: {tested}")
 
 frames = {split: paper.frame(split) for split in ("train", "val", "test")}
 for split, frame in frames.items():
     people = frame.groupby("subject")["label"].first()
     healthy = sorted(people[people == 0].index)
-    print(f"{split:<5} {len(frame):>5} cells ({int(frame.label.sum())} ALL / {int((frame.label == 0).sum())} HEM) "
-          f"from {len(people)} subjects: {int(people.sum())} ALL patient(s), {len(healthy)} healthy donor(s) "
-          f"{healthy}")
-where = f"{card['backbone']}, {card['profile']} profile{', SYNTHETIC data' if card['synthetic'] else ''}"
+    names = f" {healthy}" if len(healthy) <= 3 else ""
+    print(f"{split:<5} {len(frame):>5} cells ({int(frame.label.sum())} ALL / "
+          f"{int((frame.label == 0).sum())} HEM) from {len(people)} people: "
+          f"{int(people.sum())} ALL patient(s), {len(healthy)} healthy donor(s){names}")
+where = f"{card['backbone']}, {card['profile']} profile"
+where += ", SYNTHETIC data" if card["synthetic"] else ""
 
 # %% [markdown]
 # Read the last lines carefully: they say **who** is in each part. Every C-NMC subject is either an ALL
-# patient or a healthy donor, and all HEM cells of a part come from its healthy donor(s). On the real
-# fold-1 sample (14 subjects, only 3 of them healthy) the subject split puts **one healthy donor in each
-# part**, so every HEM number below (specificity, the HEM side of calibration) is really a statement
-# about *one* person's cells, and changes if a different healthy person happens to be held out.
+# patient or a healthy donor, and all HEM cells of a part come from its healthy donors. Count them. The
+# training and validation parts divide the few healthy donors of the training data between them, so
+# whatever is *chosen* on validation (a threshold, a calibration map) is chosen on the cells of the validation
+# part's donors only, however many cells they have. The test part decides how much we can conclude:
+# every HEM number below (specificity, the HEM side of calibration) is a statement about its healthy
+# donors, and is as trustworthy as their number.
 #
 # ## 1. One diagnosis per person
 #
@@ -76,88 +100,101 @@ where = f"{card['backbone']}, {card['profile']} profile{', SYNTHETIC data' if ca
 # - **mean probability**: average p(ALL) over the person's cells; ALL if the mean is above 0.5;
 # - **majority vote**: call each cell (p(ALL) > 0.5), then ALL if more than half of the cells are ALL.
 #
-# Both are computed by `allkit.metrics.patient_level`, for the CNN alone and for the hybrid (XGBoost on
-# the CNN's features), on the validation and the test subjects.
+# Both are computed by `allkit.metrics.patient_level`. The chapter uses the mean (an exercise at the end
+# tries the vote), for the CNN alone and for the hybrid (XGBoost on the CNN's features), on the
+# validation and the test people. The people-level scores come from `allkit.metrics.patient_level_metrics`:
+# *sensitivity* is the share of ALL patients diagnosed ALL, *specificity* the share of healthy donors
+# diagnosed healthy.
 
 # %%
 models = {"CNN alone": paper.cnn_proba, "Hybrid": paper.hybrid_proba}
-tables = []
+tables, summary = {}, []
 for split in ("val", "test"):
     frame = frames[split]
+    y = frame.label.to_numpy()
     for model, proba in models.items():
-        p = proba(split)
-        by_mean = metrics.patient_level(frame.label, p, frame.subject, method="mean")
-        by_vote = metrics.patient_level(frame.label, p, frame.subject, method="vote")
-        tables.append(pd.DataFrame({
-            "split": split, "model": model, "subject": by_mean.subject,
-            "true": by_mean.label.map(dict(enumerate(CLASS_NAMES))), "cells": by_mean.n_cells,
-            "mean p(ALL)": by_mean.mean_prob.round(3), "fraction called ALL": by_mean.frac_pred_all.round(3),
-            "decision (mean)": by_mean.pred.map(dict(enumerate(CLASS_NAMES))),
-            "decision (vote)": by_vote.pred.map(dict(enumerate(CLASS_NAMES))),
-        }))
-patients = pd.concat(tables, ignore_index=True)
-patients.set_index(["split", "model", "subject"])
-
-# %% [markdown]
-# And the patient-level score: how many people each rule diagnoses correctly.
+        p_all = proba(split)[:, 1]
+        table = metrics.patient_level(frame.label, p_all, frame.subject, method="mean")
+        tables[split, model] = table
+        level = metrics.patient_level_metrics(table)
+        cells = metrics.evaluate(y, (p_all > 0.5).astype(int))
+        summary.append({
+            "split": split, "model": model, "people": level["n_subjects"],
+            "healthy": int((table.label == 0).sum()),
+            "right": int((table.pred == table.label).sum()),
+            "accuracy": level["accuracy"], "sensitivity": level["sensitivity"],
+            "specificity": level["specificity"],
+            "cell accuracy": cells["accuracy"],
+            "cell balanced acc.": cells["balanced_accuracy"]})
+summary = pd.DataFrame(summary).set_index(["split", "model"])
+summary.round(3)
 
 # %%
-summary = []
-for (split, model), group in patients.groupby(["split", "model"], sort=False):
-    p = models[model](split)[:, 1]
-    cell_accuracy = float(np.mean((p > 0.5) == (frames[split].label.to_numpy() == 1)))
-    for rule in ("mean", "vote"):
-        right = int((group[f"decision ({rule})"] == group["true"]).sum())
-        summary.append({"split": split, "model": model, "rule": rule, "correct": right, "subjects": len(group),
-                        "subject-level accuracy": right / len(group), "cell-level accuracy": cell_accuracy})
-summary = pd.DataFrame(summary).set_index(["split", "model", "rule"])
-display(summary.round(3))
-
-n_test = int(summary.loc[("test", "Hybrid", "mean"), "subjects"])
-k_test = int(summary.loc[("test", "Hybrid", "mean"), "correct"])
+hybrid_test = summary.loc[("test", "Hybrid")]
+k_test, n_test = int(hybrid_test["right"]), int(hybrid_test["people"])
 exact = binomtest(k_test, n_test).proportion_ci(confidence_level=0.95, method="exact")
+print(f"Hybrid, mean rule, test: {k_test} of {n_test} people right. The exact "
+      f"(Clopper-Pearson) 95% interval for the people-level accuracy is "
+      f"[{exact.low:.2f}, {exact.high:.2f}].")
+sizes = tables["test", "Hybrid"].n_cells
+print(f"Cells per test person: median {sizes.median():.0f}, from {sizes.min()} to "
+      f"{sizes.max()}; {int((sizes < 5).sum())} of the {n_test} people have fewer "
+      "than 5.")
 needed = int(np.ceil(np.log(0.025) / np.log(0.9)))
-print(f"Hybrid, mean rule, test: {k_test} of {n_test} people right. The exact (Clopper-Pearson) 95% interval "
-      f"for the subject-level accuracy is [{exact.low:.2f}, {exact.high:.2f}].")
-print(f"To show subject-level accuracy above 0.9 with 95% confidence, even a flawless model needs {needed} "
-      f"test subjects, all diagnosed correctly -- and as many healthy donors again to say the same of "
-      f"specificity.")
+print(f"To show people-level accuracy above 0.9 with 95% confidence, even a flawless "
+      f"model needs {needed} test people, all diagnosed correctly (this test part has "
+      f"{n_test}); to say the same of specificity, {needed} healthy donors (it has "
+      f"{int(hybrid_test['healthy'])}).")
 
 # %% [markdown]
-# Compare the last two columns: averaging many cells cancels cell-by-cell noise, so a model can diagnose
-# every person correctly while misclassifying a large share of cells; it cannot cancel a bias that affects
-# all cells of one person (a donor whose cells all look somewhat ALL-like to the model).
+# Compare the people columns with the cell columns. Averaging many cells cancels cell-by-cell noise, so a
+# model can diagnose a person correctly while misclassifying a share of their cells; it cannot cancel a
+# bias that affects all cells of one person (a donor whose cells all look somewhat ALL-like to the model).
+# Where a person contributes a single cell, their diagnosis *is* that cell's call: the spread of cells per
+# person printed above says how often that happens here.
 #
-# Be honest about what this table is: with three test subjects it is **three decisions**. The only
-# possible subject-level accuracies are 0, 1/3, 2/3 and 1, and the exact interval above spans most of
-# that range. A bootstrap over three people cannot give a meaningful interval (it can only re-draw the same
-# two ALL patients and the single healthy donor), so none is shown. What would be needed is printed
-# above: dozens of test subjects of *each* class, i.e. the full C-NMC download (`paper` profile) and,
-# better, patients from another hospital.
+# Be honest about what the test row is: one decision per person, and the exact interval above says how
+# much a people-level accuracy from that many decisions can move. The last line says how many people and
+# donors a convincing claim would need: that is the scale of the full C-NMC data set (`paper` profile)
+# and, better, of patients from another hospital.
 #
-# The bar chart shows the same decisions, one bar per person: height = mean p(ALL) over that person's
-# cells, colour = true class (red ALL, blue HEM), dashed line = the 0.5 threshold.
+# The people the hybrid and the CNN alone diagnose wrongly on the test part:
 
 # %%
-fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), layout="constrained")
-for row, split in enumerate(("val", "test")):
-    frame = frames[split]
-    for col, (model, proba) in enumerate(models.items()):
-        table = metrics.patient_level(frame.label, proba(split), frame.subject, method="mean")
-        plots.plot_patient_level(table, ax=axes[row, col], title=f"{model}, {split} subjects")
+named = dict(enumerate(CLASS_NAMES))
+wrong = pd.concat({model: tables["test", model].query("pred != label")
+                   for model in models}, names=["model", "row"])
+wrong = wrong.assign(true=wrong.label.map(named)).reset_index("row", drop=True)
+counts = {model: int((tables["test", model].pred != tables["test", model].label).sum())
+          for model in models}
+print("People wrongly diagnosed on the test part:",
+      ", ".join(f"{model} {n}" for model, n in counts.items()))
+wrong[["subject", "true", "n_cells", "mean_prob", "frac_pred_all"]].round(3)
+
+# %% [markdown]
+# The bar chart shows every decision, one bar per person: height = mean p(ALL) over that person's cells,
+# colour = true class (red ALL, blue HEM), dashed line = the 0.5 threshold.
+
+# %%
+fig, axes = plt.subplots(2, 2, figsize=(14, 8), layout="constrained",
+                         gridspec_kw={"width_ratios": [1, 4]})
+for row, model in enumerate(models):
+    for col, split in enumerate(("val", "test")):
+        plots.plot_patient_level(tables[split, model], ax=axes[row, col],
+                                 title=f"{model}, {split} people")
 fig.suptitle(f"Mean p(ALL) per person ({where})");
 
 # %% [markdown]
 # A person's mean p(ALL) says more than the decision: a healthy donor at 0.45 and one at 0.05 are both
-# "HEM", but the first is one staining batch away from a false diagnosis. Compare the healthy donor of
-# the validation part with the healthy donor of the test part: if their bars sit at very different
-# heights, the model treats the two healthy people differently, and nothing tuned on the first (a
-# threshold, a calibration map) can be expected to transfer to the second. Sections 2 and 3 meet exactly
-# this problem.
+# "HEM", but the first is one staining batch away from a false diagnosis. Compare the healthy donors of
+# the validation part with those of the test part: if their bars sit at very different heights, the
+# model treats the healthy people it was tuned on differently from new ones, and nothing tuned on the
+# first (a threshold, a calibration map) can be expected to transfer to the second. Sections 2 and 3 meet
+# exactly this problem.
 #
 # ## 2. Class imbalance: four ways to lean less towards ALL
 #
-# A classifier trained on two ALL cells for every HEM cell can lower its training error by calling
+# A classifier trained on many more ALL cells than HEM cells can lower its training error by calling
 # borderline cells ALL. The remedies compared here, all scored on the same test cells:
 #
 # - **class-weighted loss**: the CNN's cross-entropy weights each class inversely to its number of
@@ -171,28 +208,33 @@ fig.suptitle(f"Mean p(ALL) per person ({where})");
 #   (`allkit.study.calibration.choose_threshold`), then apply it unchanged to the test cells.
 
 # %%
-spw = calibration.scale_pos_weight(paper.labels("train"))
 y_train = paper.labels("train")
-print(f"Training cells: {int(y_train.sum())} ALL / {int((y_train == 0).sum())} HEM -> scale_pos_weight = "
-      f"{int((y_train == 0).sum())} / {int(y_train.sum())} = {spw:.3f}")
+spw = calibration.scale_pos_weight(y_train)
+n_all, n_hem = int(y_train.sum()), int((y_train == 0).sum())
+print(f"Training cells: {n_all} ALL / {n_hem} HEM -> "
+      f"scale_pos_weight = {n_hem} / {n_all} = {spw:.3f}")
 
 y_val = frames["val"].label.to_numpy()
-choice = calibration.choose_threshold(y_val, paper.hybrid_proba("val"), criterion="balanced_accuracy")
-print(f"Threshold chosen on the validation cells: {choice.threshold:.3f} (validation balanced accuracy "
-      f"{choice.value:.3f}, against {choice.at_default:.3f} at 0.5)")
+choice = calibration.choose_threshold(y_val, paper.hybrid_proba("val"),
+                                      criterion="balanced_accuracy")
+print(f"Threshold chosen on the validation cells: {choice.threshold:.3f} (validation "
+      f"balanced accuracy {choice.value:.3f}, against {choice.at_default:.3f} at 0.5)")
 
+spw_proba = paper.hybrid_proba("test", xgb_params={"scale_pos_weight": spw})
 settings = {  # name: (test probabilities, threshold)
     "paper recipe, CNN alone": (paper.cnn_proba("test"), 0.5),
     "paper recipe, hybrid (baseline)": (paper.hybrid_proba("test"), 0.5),
     "class-weighted loss, CNN alone": (weighted.cnn_proba("test"), 0.5),
     "class-weighted loss, hybrid": (weighted.hybrid_proba("test"), 0.5),
-    f"hybrid, scale_pos_weight={spw:.2f}": (paper.hybrid_proba("test", xgb_params={"scale_pos_weight": spw}), 0.5),
-    f"hybrid, threshold {choice.threshold:.2f} (from val)": (paper.hybrid_proba("test"), choice.threshold),
+    f"hybrid, scale_pos_weight={spw:.2f}": (spw_proba, 0.5),
+    f"hybrid, threshold {choice.threshold:.2f} (from val)": (
+        paper.hybrid_proba("test"), choice.threshold),
 }
 test = frames["test"]
 rows, extra = [], {}
 for name, (proba, threshold) in settings.items():
-    rows.append(score_row(name, test, proba, threshold=threshold, n_boot=n_boot, seed=seed))
+    rows.append(score_row(name, test, proba, threshold=threshold, n_boot=n_boot,
+                          seed=seed))
     m = metrics.evaluate(test.label, (proba[:, 1] > threshold).astype(int), proba[:, 1])
     extra[name] = {"sensitivity": m["sensitivity"], "specificity": m["specificity"],
                    "balanced acc.": m["balanced_accuracy"], "threshold": threshold}
@@ -209,22 +251,42 @@ imbalance
 # - **ROC AUC** does not depend on the threshold, so the threshold row has exactly the baseline's AUC:
 #   moving the threshold changes only *where* the cut is made, not how well the model ranks cells. The
 #   loss weighting and `scale_pos_weight` change the model itself, so they can change the AUC.
-# - **The intervals** resample people, stratified by class. With one healthy donor in the test part,
-#   every bootstrap replicate holds that same donor, so the intervals show the variation among the ALL
-#   patients only: they are too narrow, and specificity has no interval at all.
-# - **The threshold** was fitted to the validation donor. If the test donor's cells look more ALL-like
-#   to the model than the validation donor's (section 1), a threshold that was right on validation is
-#   wrong on test, and no amount of validation cells from the *same* donor would reveal it.
+# - **The intervals** resample people, ALL patients and healthy donors separately. Their width reflects
+#   the variation between the test part's people: the more healthy donors it holds, the better it shows
+#   how differently healthy people look to the model; with a single donor it would show none of that.
+# - **The threshold** was fitted to the validation part's healthy donor(s). If the test donors' cells
+#   look more (or less) ALL-like to the model than the validation donors' (section 1), a threshold that
+#   was right on validation is wrong on test, and no amount of validation cells from the *same* donors
+#   would reveal it.
 
 # %%
 best = imbalance["balanced acc."].idxmax()
 base = imbalance.loc["paper recipe, hybrid (baseline)"]
-print(f"Baseline hybrid: sensitivity {base['sensitivity']:.3f}, specificity {base['specificity']:.3f}, "
-      f"balanced accuracy {base['balanced acc.']:.3f}.")
-print(f"Highest balanced accuracy on the test cells: {best!r} ({imbalance.loc[best, 'balanced acc.']:.3f}); "
-      f"with {test.subject.nunique()} test subjects this ranking is a hint, not a result.")
+print(f"Baseline hybrid: sensitivity {base['sensitivity']:.3f}, specificity "
+      f"{base['specificity']:.3f}, balanced accuracy {base['balanced acc.']:.3f}.")
+recall = {name: row["recall"] for name, row in published.TABLE_2.items()}
+print(f"The paper's hybrid (Table 2, its own test split): recall of ALL (sensitivity) "
+      f"{recall['ALL']:.2f}, of HEM (specificity) {recall['HEM']:.2f}, balanced "
+      f"accuracy {(recall['ALL'] + recall['HEM']) / 2:.3f}.")
+print(f"Always answering ALL: sensitivity 1, specificity 0, balanced accuracy 0.5, "
+      f"accuracy {test.label.mean():.3f} on these test cells.")
+print(f"Highest balanced accuracy on the test cells: {best!r} "
+      f"({imbalance.loc[best, 'balanced acc.']:.3f}).")
+for name in dict.fromkeys(["paper recipe, hybrid (baseline)", best]):
+    proba, threshold = settings[name]
+    calls = (proba[:, 1] > threshold).astype(int)
+    ci = metrics.bootstrap_ci(test.label, calls, test.subject, "balanced_accuracy",
+                              n_boot=n_boot, seed=seed)
+    print(f"  {name}: balanced accuracy 95% interval over people "
+          f"[{ci['low']:.3f}, {ci['high']:.3f}]")
+print("A ranking is a result only where these intervals separate; where they overlap, "
+      "it is a hint.")
 
 # %% [markdown]
+# The paper reports sensitivity and specificity only through its Table 2 (the recall of each class), on
+# its own test split of the full data set; the printout puts them beside the baseline, together with the
+# trivial rule "always answer ALL" that every remedy has to beat on balanced accuracy.
+#
 # ## 3. Calibration: can the probability be taken at its word?
 #
 # A model is **calibrated** when its probabilities match frequencies: of all cells given p(ALL) = 0.8,
@@ -256,57 +318,181 @@ for model, proba in models.items():
         calibrator = calibration.ProbabilityCalibrator(method).fit(p_val, y_val)
         calibrated[method] = calibrator.transform(p_test)
         if method == "platt":
-            confidence = "over-confident" if calibrator.slope_ < 1 else "under-confident"
-            print(f"{model}: Platt slope {calibrator.slope_:.3f}, offset {calibrator.intercept_:.3f} (fitted on "
-                  f"{calibrator.n_fit_} validation cells): {confidence} on the validation subjects")
+            confidence = "over" if calibrator.slope_ < 1 else "under"
+            print(f"{model}: Platt slope {calibrator.slope_:.3f}, offset "
+                  f"{calibrator.intercept_:.3f} (fitted on {calibrator.n_fit_} "
+                  f"validation cells): {confidence}-confident on the validation people")
     report = calibration.calibration_report(y_test, p_test, calibrated)
     report["ROC AUC"] = [metrics.evaluate(y_test, (p > 0.5).astype(int), p)["roc_auc"]
                          for p in (p_test, *calibrated.values())]
     reports[model] = report
-    curves[model] = {"before": p_test, **{f"after {m.capitalize() if m == 'platt' else m}": p
-                                          for m, p in calibrated.items()}}
+    names = {"platt": "after Platt", "isotonic": "after isotonic"}
+    curves[model] = {"before": p_test, **{names[m]: p for m, p in calibrated.items()}}
 print(f"Observed fraction of ALL among the test cells: {report.attrs['frac_all']:.3f}")
 for model, report in reports.items():
-    changes = ", ".join(f"{m} {'lowers' if report.loc[m, 'ece'] < report.loc['before', 'ece'] else 'raises'} it "
-                        f"to {report.loc[m, 'ece']:.3f}" for m in calibration.METHODS)
-    print(f"{model}: test ECE {report.loc['before', 'ece']:.3f} before calibration; {changes}")
+    before = report.loc["before", "ece"]
+    changes = ", ".join(
+        f"{m} {'lowers' if report.loc[m, 'ece'] < before else 'raises'} it to "
+        f"{report.loc[m, 'ece']:.3f}" for m in calibration.METHODS)
+    print(f"{model}: test ECE {before:.3f} before calibration; {changes}")
 pd.concat(reports, names=["model"]).round(3)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 5.5), layout="constrained")
 for ax, (model, probas) in zip(axes, curves.items(), strict=True):
-    plots.plot_reliability_comparison(y_test, probas, ax=ax, title=f"{model}, test cells")
-fig.suptitle(f"Calibration fitted on validation subjects, checked on test subjects ({where})");
+    plots.plot_reliability_comparison(y_test, probas, ax=ax,
+                                      title=f"{model}, test cells")
+fig.suptitle("Calibration fitted on validation people, checked on test people "
+             f"({where})");
 
 # %% [markdown]
 # Marker size shows how many cells fall in a bin: a point resting on a handful of cells can sit far from
 # the diagonal by chance alone.
+#
+# How differently do healthy people look to the model? The hybrid's mean p(ALL) per healthy donor, in the
+# validation part (the donors the calibration learnt from) and in the test part:
 
 # %%
 for split in ("val", "test"):
-    frame = frames[split]
-    hem = frame.label.to_numpy() == 0
-    donors = sorted(frame.subject[hem].unique())
-    p = paper.hybrid_proba(split)[:, 1]
-    print(f"{split:<4} healthy donor(s) {donors}: hybrid mean p(ALL) on their {int(hem.sum())} HEM cells = "
-          f"{p[hem].mean():.3f}; on the {int((~hem).sum())} ALL cells = {p[~hem].mean():.3f}")
+    table = tables[split, "Hybrid"]
+    donors, patients = table[table.label == 0], table[table.label == 1]
+    mean = donors.mean_prob
+    spread = (f"from {mean.min():.3f} to {mean.max():.3f} (median {mean.median():.3f})"
+              if len(donors) > 1 else f"{mean.iloc[0]:.3f}")
+    print(f"{split:<4} {len(donors)} healthy donor(s), mean p(ALL) per donor {spread}, "
+          f"{int((mean > 0.5).sum())} above 0.5; {len(patients)} ALL patient(s): "
+          f"median {patients.mean_prob.median():.3f}")
 
 # %% [markdown]
 # Why calibration is limited here: the calibration map is learned from the validation cells, whose HEM
-# cells all belong to **one** healthy donor. The map learns "how ALL-like does *this* donor look to the
-# model" and corrects for it. If the test donor looks different to the model (the two lines above: compare
-# the HEM means of the two parts), the correction is partly wrong for them: this is a **subject-level
-# shift**, and it is the usual situation in medicine, where a new patient, a new stain batch or a new
-# microscope moves the whole cloud of a person's cells at once. Whatever ECE the table shows for the test
-# cells, read it as "calibrated for people like the validation donor". A trustworthy calibration needs
-# many healthy donors in the calibration set (and ideally a check on data from another site), and should
-# be re-checked whenever the staining or the scanner changes.
+# cells all belong to the validation part's healthy donor(s). The map learns "how ALL-like do *these*
+# donors look to the model" and corrects for it. If the test donors look different to the model (the two
+# lines above: compare where their means lie), the correction is partly wrong for them: this is a
+# **subject-level shift**, and it is the usual situation in medicine, where a new patient, a new stain
+# batch or a new microscope moves the whole cloud of a person's cells at once. Whatever ECE the table shows
+# for the test cells, read it as "calibrated for people like the validation donors". A trustworthy
+# calibration needs many healthy donors in the calibration set (and ideally a check on data from another
+# site), and should be re-checked whenever the staining or the scanner changes.
 #
 # ## What to take away
 #
-# - Report **patient-level** results next to cell-level ones, and count the people: three test subjects
-#   are three decisions, whatever the number of cells.
+# - Report **patient-level** results next to cell-level ones, and count the people: a test set of a few
+#   dozen people gives a few dozen decisions, whatever the number of cells, and its exact interval is
+#   wide.
 # - Imbalance remedies (loss weights, `scale_pos_weight`, a validation threshold) trade sensitivity for
 #   specificity; judge them on balanced accuracy or on both numbers, never on accuracy alone.
-# - Fit thresholds and calibration maps on validation subjects only, freeze them, then test. On a split
-#   with a single healthy donor per part, expect them to transfer poorly: the shift is between *people*.
+# - Fit thresholds and calibration maps on validation people only, freeze them, then test. When the
+#   validation part holds very few healthy donors, expect them to transfer poorly: the shift is between
+#   *people*.
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise}
+# :label: ex-10-vote
+# Diagnose the test people by **majority vote** instead of the mean probability
+# (`metrics.patient_level(..., method="vote")`), for the CNN alone and the hybrid. How many people are
+# right with each rule, and whose diagnosis changes?
+# ```
+#
+# ```{solution-start} ex-10-vote
+# :class: dropdown
+# ```
+
+# %%
+for model, proba in models.items():
+    by_mean = tables["test", model]
+    by_vote = metrics.patient_level(test.label, proba("test")[:, 1], test.subject,
+                                    method="vote")
+    assert (by_vote.subject.to_numpy() == by_mean.subject.to_numpy()).all()
+    changed = by_vote.pred.to_numpy() != by_mean.pred.to_numpy()
+    right = {rule: int((t.pred == t.label).sum())
+             for rule, t in (("mean", by_mean), ("vote", by_vote))}
+    print(f"{model}: mean rule {right['mean']} right, vote rule {right['vote']} right, "
+          f"of {len(by_vote)} people; {int(changed.sum())} diagnosis(es) change: "
+          f"{by_vote.subject[changed].tolist()}")
+
+# %% [markdown]
+# The two rules disagree only for people whose cells are split: the mean can be pulled across 0.5 by a
+# few very confident cells, while the vote counts every cell once, however confident. For a person with
+# a single cell both rules give that cell's call. Neither rule is "right"; which one to use is a choice
+# to make on validation people, before the test.
+#
+# ```{solution-end}
+# ```
+
+# %% [markdown]
+# ```{exercise}
+# :label: ex-10-youden
+# Clinical papers often choose the threshold that maximises **Youden's J** = sensitivity + specificity − 1.
+# Find it by hand on the validation cells of the hybrid with `sklearn.metrics.roc_curve`, compare it with
+# `calibration.choose_threshold(..., criterion="youden")` and with the balanced-accuracy threshold used
+# above, and apply it to the test cells.
+# ```
+#
+# ```{solution-start} ex-10-youden
+# :class: dropdown
+# ```
+
+# %%
+from sklearn.metrics import roc_curve
+
+p_val = paper.hybrid_proba("val")[:, 1]
+fpr, tpr, cuts = roc_curve(y_val, p_val)
+youden = calibration.choose_threshold(y_val, p_val, criterion="youden")
+print(f"By hand: highest J on validation {np.max(tpr - fpr):.3f}, at ALL when "
+      f"p >= {cuts[np.argmax(tpr - fpr)]:.3f}")
+print(f"allkit:  J {youden.value:.3f} at ALL when p > {youden.threshold:.3f}; "
+      f"balanced accuracy {choice.value:.3f} at p > {choice.threshold:.3f} "
+      f"(2 x {choice.value:.3f} - 1 = {2 * choice.value - 1:.3f})")
+print("Same threshold as the balanced-accuracy one:",
+      youden.threshold == choice.threshold)
+p_test = paper.hybrid_proba("test")[:, 1]
+m = metrics.evaluate(y_test, (p_test > youden.threshold).astype(int))
+print(f"Test cells at the Youden threshold: sensitivity {m['sensitivity']:.3f}, "
+      f"specificity {m['specificity']:.3f}, "
+      f"balanced accuracy {m['balanced_accuracy']:.3f}")
+
+# %% [markdown]
+# J = sensitivity + specificity − 1 = 2 × balanced accuracy − 1, so the two criteria rank every threshold
+# the same way: the printed values satisfy that identity, and allkit, which breaks ties the same way for
+# both (the best cut nearest 0.5), returns the same threshold; the last line of the first block checks it.
+# Then the test numbers are those of the threshold row of section 2. `roc_curve` writes its cut as a
+# cell's own score with "≥" and, where a range of cuts ties, reports the highest of them, so its number
+# can differ from allkit's while J is the same.
+#
+# ```{solution-end}
+# ```
+
+# %% [markdown]
+# ```{exercise}
+# :label: ex-10-people-ci
+# Section 1 gave an exact (Clopper-Pearson) interval for the hybrid's people-level accuracy on the test
+# part. Compute a subject bootstrap interval for the same number with `metrics.bootstrap_ci`, treating
+# each person as one "cell" (the table `tables["test", "Hybrid"]`), and one for the people-level balanced
+# accuracy. How do they compare?
+# ```
+#
+# ```{solution-start} ex-10-people-ci
+# :class: dropdown
+# ```
+
+# %%
+people = tables["test", "Hybrid"]
+for metric in ("accuracy", "balanced_accuracy"):
+    ci = metrics.bootstrap_ci(people.label, people.pred, people.subject, metric,
+                              n_boot=n_boot, seed=seed)
+    print(f"people-level {metric}: {ci['estimate']:.3f}, bootstrap 95% interval "
+          f"[{ci['low']:.3f}, {ci['high']:.3f}] over {ci['n_subjects']} people")
+print(f"exact interval of the accuracy: [{exact.low:.3f}, {exact.high:.3f}]")
+
+# %% [markdown]
+# Both intervals come from the same few dozen decisions, so both are wide: compare their widths above.
+# They answer slightly different questions. The exact interval treats the people as independent draws
+# with one common chance of being diagnosed right; the bootstrap resamples the people themselves, ALL
+# patients and healthy donors separately (their numbers kept), and collapses to a point when every person
+# is right. Balanced accuracy gives the healthy donors as much weight as all the patients together, so its
+# interval depends mostly on how many donors the test part holds.
+#
+# ```{solution-end}
+# ```
