@@ -35,7 +35,7 @@ SPEC = "allkit[download,offline] @ git+https://github.com/allkit/allkit@v0.1.0"
 try:
     import allkit  # noqa: F401
 except ImportError:  # on Colab: install the book's release first
-    %pip install -q {SPEC}
+    %pip install -q "{SPEC}"
     import allkit  # noqa: F401
 from allkit.study.book import setup
 
