@@ -78,8 +78,8 @@ def _recipe(parser) -> None:
         "--recipe",
         choices=sorted(RECIPES),
         default="paper",
-        help="how the CNN is fine-tuned and predicts: the paper's, or the improved one selected "
-        "on validation subjects (allkit/study/recipes.py, notebook 11)",
+        help="how the CNN is fine-tuned and predicts: the paper's; 'improved' (selected on validation "
+        "subjects, notebook 11); 'robust' (selected on validation donors for people never seen, notebook 12)",
     )
 
 

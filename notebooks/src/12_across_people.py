@@ -52,7 +52,7 @@ import seaborn as sns
 from allkit.study import across_study
 from allkit.study.experiments import Variant
 from allkit.study.recipe_study import study_seeds
-from allkit.study.recipes import ACROSS, RECIPES
+from allkit.study.recipes import ACROSS, RECIPES, ROBUST_CHANGES, combine
 
 paper = ctx.variant(Variant("paper"))
 card = paper.meta["run_card"]
@@ -281,14 +281,13 @@ print(
 print(f"paper's recipe on validation: {val.loc['paper', 'balanced_accuracy']:.3f}")
 print(f"best single change: {best_change}")
 print(f"better than the paper's on validation: {helped or 'none'}")
+chosen = combine(helped or [best_change])
+print("`--recipe robust` (allkit/study/recipes.py) combines:", ROBUST_CHANGES)
 print(
-    "the robust recipe, chosen this way on the sample profile's validation donors:"
-)
-print(
-    " ",
+    "the same as chosen here:" if chosen == RECIPES["robust"] else "NOT the one chosen here:",
     {
         k: v
-        for k, v in RECIPES["robust"].to_dict().items()
+        for k, v in chosen.to_dict().items()
         if v != RECIPES["paper"].to_dict()[k]
     },
 )
@@ -493,11 +492,13 @@ for name, threshold in (("0.5", 0.5), (f"{cut:.3f} (from validation)", cut)):
 # :class: dropdown
 # ```
 #
-# It subtracts each person's mean feature vector, computed from all of that person's cells, so one cell
-# cannot be classified alone: the clinic needs many cells of the patient first. And because every C-NMC
-# person is all-ALL or all-healthy, centring removes exactly the person-level signal a diagnosis needs
-# while keeping the within-person differences that happen to follow the label in this data set; with a
-# patient whose sample mixes normal and malignant cells, the trick would not apply.
+# It centres and scales every feature with the mean and spread of that person's own cells, so one cell
+# cannot be classified alone: the clinic needs many cells of the patient first, taken under the same
+# conditions. What it removes is everything a person's cells share (the staining batch, the microscope,
+# and any shift common to all of them); what is left is how each cell differs from that person's
+# average. Its number says how well *people* are told apart from many of their cells, not how well one
+# new cell is diagnosed, and it leans on every C-NMC person being of one class: with a patient whose
+# sample mixes normal and malignant cells, the trick would not apply.
 #
 # ```{solution-end}
 # ```
