@@ -15,8 +15,10 @@ from PIL import Image
 import allkit.study.run
 from allkit.cli.main import main
 from allkit.data import CellDataset, build_cache, load_cnmc
+from allkit.errors import ConfigError
 from allkit.hybrid import HybridClassifier
 from allkit.models import head
+from allkit.study.recipes import ACROSS, RECIPES, ROBUST_CHANGES, combine
 from allkit.study.run import prepare, reproduce
 from allkit.train import load_checkpoint
 
@@ -203,6 +205,46 @@ def test_reproduce_with_the_improved_recipe(synthetic_root, tmp_path, capsys):
     assert manifest["params"]["threshold"] == pytest.approx(threshold)
     cm = np.array(metrics["hybrid"]["confusion_matrix"])
     assert cm.sum() == metrics["run_card"]["counts"]["test"]["cells"]
+
+
+def test_reproduce_with_the_robust_recipe(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "robust"
+    code, stdout, _ = run_cli(
+        [
+            "reproduce",
+            "--profile",
+            "ci",
+            "--data",
+            synthetic_root,
+            "--out",
+            out,
+            "--quiet",
+            "--recipe",
+            "robust",
+            *OFFLINE,
+        ],
+        capsys,
+    )
+    assert code == 0 and "recipe robust" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"] == RECIPES["robust"].to_dict() and metrics["run_card"]["recipe"] == "robust"
+    # what it changes from the paper's recipe is what the Trainer ran with
+    params = load_checkpoint(out / "checkpoints")["params"]
+    robust = RECIPES["robust"].trainer_kwargs()
+    for key in ("lr", "keep_best", "optimizer", "label_smoothing"):
+        assert params[key] == robust[key], key
+    cm = np.array(metrics["hybrid"]["confusion_matrix"])
+    assert cm.sum() == metrics["run_card"]["counts"]["test"]["cells"]
+
+
+def test_robust_is_the_paper_recipe_with_the_chosen_changes():
+    robust, paper = RECIPES["robust"].to_dict(), RECIPES["paper"].to_dict()
+    changed = {k for k in robust if k != "name" and robust[k] != paper[k]}
+    from_changes = {k for c in ROBUST_CHANGES for k, v in ACROSS[c].to_dict().items() if k != "name" and v != paper[k]}
+    assert changed == from_changes
+    assert combine([]) == RECIPES["paper"].with_overrides(name="robust")
+    with pytest.raises(ConfigError, match="not one of the single changes"):
+        combine(["across-everything"])
 
 
 def test_train_with_a_recipe_then_fit_hybrid_keeps_its_tta_and_threshold(synthetic_root, tmp_path, capsys, monkeypatch):
