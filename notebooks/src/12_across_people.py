@@ -54,7 +54,7 @@ from allkit.study.experiments import Variant
 from allkit.study.recipe_study import study_seeds
 from allkit.study.recipes import ACROSS, RECIPES, ROBUST_CHANGES, combine
 
-paper = ctx.variant(Variant("paper"))
+paper = ctx.variant(Variant("paper"), progress=False)
 card = paper.meta["run_card"]
 external = card.get("test_data")
 parts = {part: paper.frame(part) for part in ("train", "val", "test")}
@@ -214,7 +214,7 @@ table(baseline)
 # %%
 runs = {"paper": paper}
 for name in ACROSS:
-    runs[name] = ctx.variant(Variant(name, recipe=name))
+    runs[name] = ctx.variant(Variant(name, recipe=name), progress=False)
 rows = []
 for name, run in runs.items():
     rows += across_study.variant_rows(run, name, n_boot=n_boot)
@@ -283,8 +283,9 @@ print(f"best single change: {best_change}")
 print(f"better than the paper's on validation: {helped or 'none'}")
 chosen = combine(helped or [best_change])
 print("`--recipe robust` (allkit/study/recipes.py) combines:", ROBUST_CHANGES)
+same = chosen == RECIPES["robust"]
 print(
-    "the same as chosen here:" if chosen == RECIPES["robust"] else "NOT the one chosen here:",
+    "the same as chosen here:" if same else "NOT the one chosen here:",
     {
         k: v
         for k, v in chosen.to_dict().items()
@@ -299,7 +300,8 @@ for name in ["paper", "robust"]:
     for seed in seeds:
         suffix = "" if seed == ctx.profile.seed else f"-seed{seed}"
         run = ctx.variant(
-            Variant(f"{name}{suffix}", recipe=name, seed=None if not suffix else seed)
+            Variant(f"{name}{suffix}", recipe=name, seed=None if not suffix else seed),
+            progress=False,
         )
         for row in across_study.variant_rows(run, name, n_boot=n_boot):
             seed_rows.append({**row, "seed": seed})
@@ -410,8 +412,28 @@ print("Targets (balanced accuracy >= 0.80 and AUC >= 0.85):",
 top = curve.groupby("healthy_donors")["roc_auc"].mean()
 print(f"Learning curve (frozen features): AUC {top.iloc[0]:.3f} with {top.index[0]} "
       f"healthy donor(s), {top.iloc[-1]:.3f} with {top.index[-1]}.")
+spread = by_seed[by_seed.part == "external people"].groupby("setting")[
+    "balanced_accuracy"
+].std()
+gain = robust_ext.balanced_accuracy - paper_ext.balanced_accuracy
+noise = spread.max()
+verdict = "a gain" if gain > noise else "a loss" if gain < -noise else "no difference"
+print(f"Robust minus paper, external balanced accuracy: {gain:+.3f} "
+      f"(seed spread up to {noise:.3f}): {verdict}.")
+bal = wide["balanced_accuracy"]
+rho = bal["fold-1 validation donors"].corr(bal["external people"], method="spearman")
+print(f"The paper's recipe and its {len(bal) - 1} single changes, ranked by validation and by "
+      f"external balanced accuracy: Spearman's rho = {rho:.2f}.")
 
 # %% [markdown]
+# How to read these lines. The targets are the issue's, not the paper's: the paper's 0.85 is a
+# cell-level accuracy on 73 training people. A verdict of "no difference" or "a loss" for the robust
+# recipe is the honest outcome of a rule fixed before the external people were scored: the choice could
+# only see three validation people, one of them healthy, and a rank correlation near zero (or below)
+# says that what they favoured is not what helps 38 new people. The learning curve is the other half of
+# the answer: where it still rises at twelve healthy donors, more people, not another recipe, is what
+# this data set lacks.
+#
 # ## Exercises
 #
 # ```{exercise}
@@ -464,7 +486,7 @@ print(
 from allkit.study.calibration import choose_threshold
 
 cut = choose_threshold(paper.labels("val"), paper.hybrid_proba("val")[:, 1]).threshold
-for name, threshold in (("0.5", 0.5), (f"{cut:.3f} (from validation)", cut)):
+for name, threshold in (("0.5", 0.5), (f"{cut:.6f} (from validation)", cut)):
     row = across_study.scores(
         paper.frame("test"), paper.hybrid_proba("test"), threshold=threshold, n_boot=200
     )
