@@ -422,8 +422,8 @@ print(f"Robust minus paper, external balanced accuracy: {gain:+.3f} "
       f"(seed spread up to {noise:.3f}): {verdict}.")
 bal = wide["balanced_accuracy"]
 rho = bal["fold-1 validation donors"].corr(bal["external people"], method="spearman")
-print(f"The paper's recipe and its {len(bal) - 1} single changes, ranked by validation and by "
-      f"external balanced accuracy: Spearman's rho = {rho:.2f}.")
+print(f"The paper's recipe and its {len(bal) - 1} single changes, ranked by validation "
+      f"and by external balanced accuracy: Spearman's rho = {rho:.2f}.")
 
 # %% [markdown]
 # How to read these lines. The targets are the issue's, not the paper's: the paper's 0.85 is a
