@@ -79,7 +79,8 @@ def _recipe(parser) -> None:
         choices=sorted(RECIPES),
         default="paper",
         help="how the CNN is fine-tuned and predicts: the paper's; 'improved' (selected on validation "
-        "subjects, notebook 11); 'robust' (selected on validation donors for people never seen, notebook 12)",
+        "subjects, notebook 11); 'robust' (chosen on validation donors in notebook 12; it did not carry over to "
+        "the external people there)",
     )
 
 
