@@ -171,26 +171,17 @@ def test_real_sample_hybrid_on_held_out_subjects(real_root, tmp_path):
     assert run.metrics["hybrid"]["roc_auc"] >= 0.6, run.metrics["hybrid"]
 
 
+def reproduce_with_recipe(recipe, synthetic_root, tmp_path, capsys):
+    """`allkit reproduce --profile ci --recipe RECIPE` on the synthetic data: its folder and metrics."""
+    out = tmp_path / recipe
+    cli = ["reproduce", "--profile", "ci", "--data", synthetic_root, "--out", out, "--quiet", "--recipe", recipe]
+    code, stdout, _ = run_cli([*cli, *OFFLINE], capsys)
+    assert code == 0 and f"recipe {recipe}" in stdout
+    return out, json.loads((out / "metrics.json").read_text())
+
+
 def test_reproduce_with_the_improved_recipe(synthetic_root, tmp_path, capsys):
-    out = tmp_path / "improved"
-    code, stdout, _ = run_cli(
-        [
-            "reproduce",
-            "--profile",
-            "ci",
-            "--data",
-            synthetic_root,
-            "--out",
-            out,
-            "--quiet",
-            "--recipe",
-            "improved",
-            *OFFLINE,
-        ],
-        capsys,
-    )
-    assert code == 0 and "recipe improved" in stdout
-    metrics = json.loads((out / "metrics.json").read_text())
+    out, metrics = reproduce_with_recipe("improved", synthetic_root, tmp_path, capsys)
     assert metrics["recipe"]["name"] == "improved" and metrics["run_card"]["recipe"] == "improved"
     assert metrics["recipe"]["lr_schedule"] == "cosine" and metrics["run_card"]["normalize"] is not False
     manifest = json.loads((out / "model" / "manifest.json").read_text())
@@ -208,25 +199,7 @@ def test_reproduce_with_the_improved_recipe(synthetic_root, tmp_path, capsys):
 
 
 def test_reproduce_with_the_robust_recipe(synthetic_root, tmp_path, capsys):
-    out = tmp_path / "robust"
-    code, stdout, _ = run_cli(
-        [
-            "reproduce",
-            "--profile",
-            "ci",
-            "--data",
-            synthetic_root,
-            "--out",
-            out,
-            "--quiet",
-            "--recipe",
-            "robust",
-            *OFFLINE,
-        ],
-        capsys,
-    )
-    assert code == 0 and "recipe robust" in stdout
-    metrics = json.loads((out / "metrics.json").read_text())
+    out, metrics = reproduce_with_recipe("robust", synthetic_root, tmp_path, capsys)
     assert metrics["recipe"] == RECIPES["robust"].to_dict() and metrics["run_card"]["recipe"] == "robust"
     # what it changes from the paper's recipe is what the Trainer ran with
     params = load_checkpoint(out / "checkpoints")["params"]
