@@ -313,6 +313,7 @@ def study_variants(seeds=(42,)) -> list[Variant]:
         Variant("improved", recipe="improved"),
         Variant("authors-head", head="imagenet"),
         Variant("no-normalization", normalize=False),
+        Variant("subject-internal", test="internal"),
         Variant("image-split", split="image"),
         Variant("class-weighted", class_weight="balanced"),
     ]

@@ -3,14 +3,6 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/allkit/allkit/blob/v0.1.0/notebooks/10_patients_calibration.ipynb)
 #
-# ```{warning}
-# **Outputs not yet re-executed.** The outputs on this page were computed at commit da0a52c, before
-# the thin library and before the `sample` profile tested on the 38 external people of chapter 12: their
-# test part is people held out of fold 1. Cells whose code has changed since show no output, and the
-# setup cell's run card is missing. `make notebooks` regenerates the page; until then, read its numbers
-# as those of the earlier protocol.
-# ```
-#
 # The earlier chapters scored the classifier cell by cell, at the fixed threshold 0.5, as the paper
 # ({cite:p}`somu2024advancing`) does. A clinic asks three other questions, and this chapter answers each
 # with the same fine-tuned models:
