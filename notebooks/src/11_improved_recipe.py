@@ -186,7 +186,7 @@ ax.set_title(f"One point per training seed ({card['backbone']}, "
              f"{card['profile']} profile)");
 
 # %% [markdown]
-# ## Where the gain comes from
+# ## Where the difference comes from
 #
 # A recipe is several changes at once. The ablation below switches them on in steps, on the same fine-tunes
 # and seeds: the paper's recipe, the paper's recipe with only the validation threshold added, the improved
@@ -231,7 +231,7 @@ print(f"The validation thresholds are fitted on {val.subject.nunique()} people, 
 # :label: ex-11-balanced
 # Most test cells are ALL, so accuracy rewards calling cells ALL. Score every fine-tune of the comparison
 # with **balanced accuracy** instead, as its recipe prescribes (`recipe_study.predict` for the
-# probabilities, `recipe_study.threshold_for` for the cut). Does the improved recipe still win?
+# probabilities, `recipe_study.threshold_for` for the cut). Does the verdict of accuracy change?
 # ```
 #
 # ```{solution-start} ex-11-balanced
@@ -271,7 +271,7 @@ print(f"Improved minus paper, mean balanced accuracy: "
 # :label: ex-11-cnn-ablation
 # The ablation above is for the hybrid. Run it for the **CNN alone**
 # (`recipe_study.ablation(..., model="cnn")`; every output it needs is already on disk). Is the source of
-# the gain the same?
+# the difference the same?
 # ```
 #
 # ```{solution-start} ex-11-cnn-ablation
