@@ -23,6 +23,7 @@ from allkit.study.experiments import Variant, format_rows, run_variant, score_ro
 from allkit.study.plots import plot_gradcam_comparison
 from allkit.study.profiles import Profile, get_profile
 from allkit.study.recipes import RECIPES, Recipe, get_recipe
+from allkit.study.run import writing
 from allkit.study.views import RandomViews, features_and_logits
 
 PROFILE = Profile(
@@ -76,6 +77,26 @@ def test_finished_variant_is_loaded_not_retrained(runs, synthetic_root, monkeypa
     again = run_variant(Variant("paper"), PROFILE, synthetic_root, runs_dir=runs[1], progress=False)
     assert again.dir == runs[0]["paper"].dir
     np.testing.assert_array_equal(again.cnn_proba("test"), runs[0]["paper"].cnn_proba("test"))
+
+
+def test_replacing_the_profiles_run_keeps_its_fine_tunes(runs):
+    # the book's chapter 4 and `allkit reproduce --overwrite` replace RUNS/<profile> as a whole
+    paper = runs[0]["paper"]
+    with writing(runs[1] / PROFILE.name, overwrite=True) as staging:
+        (staging / "metrics.json").write_text("{}")
+    assert (paper.dir / "cnn.pt").is_file() and (paper.dir / "meta.json").is_file()
+
+
+def test_fine_tunes_in_the_earlier_place_are_still_found(runs, synthetic_root, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished experiment was fine-tuned again")
+
+    paper = runs[0]["paper"]
+    legacy = tmp_path / PROFILE.name / "experiments" / paper.dir.name
+    shutil.copytree(paper.dir, legacy)
+    monkeypatch.setattr(experiments, "finetune", refuse)
+    again = run_variant(Variant("paper"), PROFILE, synthetic_root, runs_dir=tmp_path, progress=False)
+    assert again.dir == legacy
 
 
 def test_damaged_meta_is_named_not_retrained_over(runs, synthetic_root, tmp_path):

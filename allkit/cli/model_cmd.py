@@ -146,7 +146,7 @@ def register(commands, formatter) -> None:
     exp.add_argument("--data", help="C-NMC root (default: ALLKIT_DATA, data/, synthetic)")
     exp.add_argument("--profile", choices=sorted(PROFILES), help="run profile (default: ALLKIT_PROFILE or sample)")
     exp.add_argument(
-        "--runs", help="runs folder (default: ALLKIT_RUNS or runs/); results go to RUNS/<profile>/experiments"
+        "--runs", help="runs folder (default: ALLKIT_RUNS or runs/); results go to RUNS/<profile>-experiments"
     )
     exp.add_argument("--quiet", action="store_true", help="no progress bars")
     exp.set_defaults(handler=run_experiments)

@@ -216,7 +216,7 @@ class Context:
 
     def variant(self, variant, *, progress: bool = True):
         """One controlled fine-tune of :mod:`allkit.study.experiments` on this profile and data: loaded if
-        already in ``runs/<profile>/experiments/``, else computed now."""
+        already in ``runs/<profile>-experiments/``, else computed now."""
         from allkit.study.experiments import run_variant
 
         return run_variant(variant, self.profile, self.data_root, runs_dir=self.runs_dir, progress=progress)

@@ -3,9 +3,13 @@
 A :class:`Variant` names the choices (recipe, split, head, normalisation, class weights, training seed).
 :func:`run_variant` fine-tunes it once and keeps what every later analysis needs on disk::
 
-    RUNS/<profile>/experiments/<name>-<key>/cnn.pt        the fine-tuned CNN (state_dict)
-    RUNS/<profile>/experiments/<name>-<key>/meta.json     variant, recipe, profile, run card, history (written last)
-    RUNS/<profile>/experiments/<name>-<key>/outputs/      [features | logits] per split and view (.npy)
+    RUNS/<profile>-experiments/<name>-<key>/cnn.pt        the fine-tuned CNN (state_dict)
+    RUNS/<profile>-experiments/<name>-<key>/meta.json     variant, recipe, profile, run card, history (written last)
+    RUNS/<profile>-experiments/<name>-<key>/outputs/      [features | logits] per split and view (.npy)
+
+They sit beside the profile's run (``RUNS/<profile>/``), not inside it: ``allkit reproduce --overwrite``
+replaces that whole folder, and hours of fine-tunes must not go with it. Finished fine-tunes in the
+earlier place, ``RUNS/<profile>/experiments/``, are still found.
 
 ``key`` hashes everything the result depends on (variant, recipe, profile, data folder), so a changed
 choice is a new experiment and a finished one is never recomputed. Outputs of extra views (the eight
@@ -253,6 +257,11 @@ class VariantRun:
         return np.mean(probas, axis=0).astype(np.float32)
 
 
+def experiments_dir(runs_dir: Path, profile: Profile) -> Path:
+    """Where the profile's fine-tunes are kept: beside its run, so that replacing the run keeps them."""
+    return Path(runs_dir) / f"{profile.name}-experiments"
+
+
 def run_variant(
     variant: Variant,
     profile: Profile | str | None = None,
@@ -271,8 +280,14 @@ def run_variant(
     inside = variant.test == "internal" or variant.split == "image"
     test_root = None if inside else workspace.test_data_root()
     key = _key(variant, recipe, prof, seed, str(root) if test_root is None else f"{root} | test: {test_root}")
-    base = Path(runs_dir or workspace.runs_dir()) / profile.name / "experiments"
-    done = [f for f in sorted(base.glob(f"*-{key[:10]}")) if (f / "meta.json").is_file() and (f / "cnn.pt").is_file()]
+    runs = Path(runs_dir or workspace.runs_dir())
+    base = experiments_dir(runs, profile)
+    done = [
+        f
+        for folder in (base, runs / profile.name / "experiments")  # the second: where earlier versions kept them
+        for f in sorted(folder.glob(f"*-{key[:10]}"))
+        if (f / "meta.json").is_file() and (f / "cnn.pt").is_file()
+    ]
     if done:  # this very fine-tune, perhaps under another name (e.g. "paper" before the external test set)
         meta = read_json(done[0] / "meta.json", AllkitError, f"; delete {done[0]} to run the variant again")
         return VariantRun(variant, recipe, prof, seed, done[0], meta)

@@ -50,7 +50,7 @@ ctx = setup("09_authors_code", PROFILE, download=DATA == "Kaggle",
 
 # %% [markdown]
 # Three fine-tunes of the paper's recipe: with the correct choices, with the ImageNet head kept (b), and
-# without normalisation (e). Each is loaded from `runs/<profile>/experiments/` if an earlier chapter (or
+# without normalisation (e). Each is loaded from `runs/<profile>-experiments/` if an earlier chapter (or
 # `allkit experiments`) already trained it, and trained now otherwise. The last lines say who is in each
 # part: the test part is the one named in the run card above.
 

@@ -45,7 +45,7 @@ ctx = setup("10_patients_calibration", PROFILE, download=DATA == "Kaggle",
 # %% [markdown]
 # Two fine-tunes are used: the paper's recipe, and the same recipe with a **class-weighted** loss (each
 # HEM cell's error counts more, in inverse proportion to the class sizes). Both use the same cells, the
-# same subject-wise split and the same seed; they are loaded from `runs/<profile>/experiments/` if an
+# same subject-wise split and the same seed; they are loaded from `runs/<profile>-experiments/` if an
 # earlier chapter (or `allkit experiments`) already trained them, and trained now otherwise.
 
 # %%
