@@ -79,8 +79,8 @@ def _recipe(parser) -> None:
         choices=sorted(RECIPES),
         default="paper",
         help="how the CNN is fine-tuned and predicts: the paper's; 'improved' (selected on validation "
-        "subjects, notebook 11); 'robust' (chosen on validation donors in notebook 12; it did not carry over to "
-        "the external people there)",
+        "subjects in notebook 11) and 'robust' (chosen on validation donors in notebook 12): neither carried "
+        "over to the external people there",
     )
 
 

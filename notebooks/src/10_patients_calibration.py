@@ -217,7 +217,7 @@ print(f"Training cells: {n_all} ALL / {n_hem} HEM -> "
 y_val = frames["val"].label.to_numpy()
 choice = calibration.choose_threshold(y_val, paper.hybrid_proba("val"),
                                       criterion="balanced_accuracy")
-print(f"Threshold chosen on the validation cells: {choice.threshold:.3f} (validation "
+print(f"Threshold chosen on the validation cells: {choice.threshold:.5g} (validation "
       f"balanced accuracy {choice.value:.3f}, against {choice.at_default:.3f} at 0.5)")
 
 spw_proba = paper.hybrid_proba("test", xgb_params={"scale_pos_weight": spw})
@@ -227,7 +227,7 @@ settings = {  # name: (test probabilities, threshold)
     "class-weighted loss, CNN alone": (weighted.cnn_proba("test"), 0.5),
     "class-weighted loss, hybrid": (weighted.hybrid_proba("test"), 0.5),
     f"hybrid, scale_pos_weight={spw:.2f}": (spw_proba, 0.5),
-    f"hybrid, threshold {choice.threshold:.2f} (from val)": (
+    f"hybrid, threshold {choice.threshold:.5g} (from val)": (
         paper.hybrid_proba("test"), choice.threshold),
 }
 test = frames["test"]
@@ -441,9 +441,9 @@ p_val = paper.hybrid_proba("val")[:, 1]
 fpr, tpr, cuts = roc_curve(y_val, p_val)
 youden = calibration.choose_threshold(y_val, p_val, criterion="youden")
 print(f"By hand: highest J on validation {np.max(tpr - fpr):.3f}, at ALL when "
-      f"p >= {cuts[np.argmax(tpr - fpr)]:.3f}")
-print(f"allkit:  J {youden.value:.3f} at ALL when p > {youden.threshold:.3f}; "
-      f"balanced accuracy {choice.value:.3f} at p > {choice.threshold:.3f} "
+      f"p >= {cuts[np.argmax(tpr - fpr)]:.5g}")
+print(f"allkit:  J {youden.value:.3f} at ALL when p > {youden.threshold:.5g}; "
+      f"balanced accuracy {choice.value:.3f} at p > {choice.threshold:.5g} "
       f"(2 x {choice.value:.3f} - 1 = {2 * choice.value - 1:.3f})")
 print("Same threshold as the balanced-accuracy one:",
       youden.threshold == choice.threshold)
