@@ -238,7 +238,8 @@ for name, (proba, threshold) in settings.items():
     m = metrics.evaluate(test.label, (proba[:, 1] > threshold).astype(int), proba[:, 1])
     extra[name] = {"sensitivity": m["sensitivity"], "specificity": m["specificity"],
                    "balanced acc.": m["balanced_accuracy"], "threshold": threshold}
-imbalance = format_rows(rows).join(pd.DataFrame(extra).T.round(3))
+digits = {"sensitivity": 3, "specificity": 3, "balanced acc.": 3, "threshold": 5}
+imbalance = format_rows(rows).join(pd.DataFrame(extra).T.round(digits))
 imbalance
 
 # %% [markdown]
