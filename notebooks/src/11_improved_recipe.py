@@ -231,8 +231,9 @@ print(f"The validation thresholds are fitted on {val.subject.nunique()} people, 
 # `improved` recipe was fixed before the external test people were scored, and its choices were not
 # revisited after them (that would be choosing on the test set). Step 1 shows where this split's
 # validation people disagree with a choice (the test-time views), and the ablation shows which part of
-# the recipe the verdict comes from: a threshold fitted on one healthy donor's cells can sit where that
-# donor's cells fall and nowhere near where new people's cells fall (chapter 10, section 2).
+# the recipe the verdict comes from: a threshold fitted on the validation part's few healthy donors (the
+# line under the ablation counts them) can sit where those donors' cells fall and nowhere near where new
+# people's cells fall (chapter 10, section 2).
 
 # %% [markdown]
 # ## Exercises
