@@ -16,9 +16,9 @@ improved recipe use the same definitions, so the CLI runs what the book measured
   only its orientation), and a decision threshold on p(ALL) chosen on the validation cells (best balanced
   accuracy, :func:`allkit.study.calibration.choose_threshold`) instead of 0.5. It was fixed before the
   external people were scored; on them it does worse than the paper's recipe, and notebook 11's ablation
-  shows that most of the loss is the validation threshold, fitted on the one healthy donor of the ``sample``
-  profile's validation part. Like
-  ``robust``, it is kept as a worked example of a fair comparison, not as a recommendation.
+  shows that most of the loss is the validation threshold, fitted on the one healthy donor of the
+  ``sample`` profile's validation part. Like ``robust``, it is kept as a worked example of a fair
+  comparison, not as a recommendation.
 - ``robust``: the paper's recipe with the single changes of :data:`ACROSS` that beat it on the fold-1
   validation donors (notebook ``12_across_people``), combined; chosen before the external people were scored.
   On those people it does worse than the paper's recipe (notebook 12 gives the numbers): it is kept as the
