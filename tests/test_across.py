@@ -18,6 +18,7 @@ from allkit.study.across import (
     subject_normalised,
 )
 from allkit.study.across_study import across_variants, donor_curve, scores
+from allkit.study.profiles import get_profile
 from allkit.study.recipes import ACROSS, RECIPES, get_recipe
 from allkit.transforms import BatchAugment
 
@@ -89,4 +90,6 @@ def test_across_recipes_are_one_change_from_the_paper_and_keep_its_key():
         assert len(changed) in (1, 2), (name, changed)  # geometry changes flips and angle together
         assert get_recipe(name) is recipe
     assert "hed_jitter" not in paper.training_dict() and "hed_jitter" in ACROSS["across-stain"].training_dict()
-    assert [v.name for v in across_variants((42, 43))][-1].endswith("-seed43")
+    names = [v.name for v in across_variants(get_profile("sample"))]
+    assert names[: len(ACROSS) + 1] == ["paper", *ACROSS] and len(names) == len(set(names)) == len(ACROSS) + 6
+    assert [v.name for v in across_variants(get_profile("ci"))] == ["paper", *ACROSS, "robust"]

@@ -385,3 +385,36 @@ def test_allkit_experiments_trains_every_fine_tune_of_chapters_9_to_11():
     assert len(wanted) >= 8
     missing = set(wanted) - set(experiments.study_variants(seeds=recipe_study.study_seeds(profile)))
     assert not missing, f"chapters 9-11 use fine-tunes that `allkit experiments` does not train: {missing}"
+
+
+def test_allkit_experiments_chapter_12_trains_what_chapter_12_loads(monkeypatch, capsys):
+    # chapter 12 compares the paper's recipe with each single change at seed 42, then the paper's and the
+    # robust recipe at three seeds; the CLI must name them exactly as the notebook does, or the notebook
+    # trains them again
+    from allkit.cli import model_cmd
+    from allkit.cli.main import main
+    from allkit.study.recipes import ACROSS
+
+    trained = []
+
+    def record(variant, profile, data, **kwargs):
+        trained.append(variant)
+        return type("Run", (), {"history": [{"val_acc": 0.5}], "dir": Path(variant.name)})()
+
+    monkeypatch.setattr(model_cmd, "run_variant", record)
+    assert main(["experiments", "--chapter", "12", "--profile", "sample", "--quiet"]) == 0
+    expected = [Variant("paper"), *(Variant(name, recipe=name) for name in ACROSS)]
+    expected += [Variant(f"{r}-seed{s}", recipe=r, seed=s) for r in ("paper", "robust") for s in (43, 44)]
+    expected += [Variant("robust", recipe="robust")]
+    assert len(ACROSS) == 8 and sorted(trained, key=repr) == sorted(expected, key=repr)
+    assert f"[14/14] {trained[-1].name}" in capsys.readouterr().out
+
+    trained.clear()
+    assert main(["experiments", "--chapter", "all", "--profile", "sample", "--quiet"]) == 0
+    names = [v.name for v in trained]
+    assert len(names) == len(set(names)) == 9 + 14 - 2  # both share the paper's seed-42 and seed-43 fine-tunes
+    assert {"subject-internal", "improved-seed43", "across-stain", "robust-seed44"} <= set(names)
+
+    trained.clear()
+    assert main(["experiments", "--profile", "sample", "--quiet"]) == 0
+    assert set(trained) == set(experiments.study_variants(seeds=recipe_study.study_seeds(get_profile("sample"))))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from allkit.hybrid import HybridClassifier
+from allkit.study.across_study import across_variants
 from allkit.study.experiments import run_variant, study_variants
 from allkit.study.heatmaps import gradcam_files, save_overlays
 from allkit.study.profiles import PROFILES, get_profile
@@ -46,7 +47,9 @@ EXPERIMENTS_EXAMPLES = """\
 examples:
   allkit experiments --profile ci --data ../shared/data
   allkit experiments --profile sample --data ../shared/data       # what notebooks 09-11 show (hours on a CPU)
+  allkit experiments --chapter 12 --profile sample --data ../shared/data   # notebook 12's 14 fine-tunes
 """
+CHAPTERS = ("9-11", "12", "all")
 GRADCAM_EXAMPLES = """\
 examples:
   allkit gradcam cell1.bmp cell2.bmp --model runs/ci/model --out heatmaps/
@@ -139,7 +142,7 @@ def register(commands, formatter) -> None:
 
     exp = commands.add_parser(
         "experiments",
-        help="the controlled fine-tunes of notebooks 09-11",
+        help="the controlled fine-tunes of notebooks 09-12",
         epilog=EXPERIMENTS_EXAMPLES,
         formatter_class=formatter,
     )
@@ -147,6 +150,12 @@ def register(commands, formatter) -> None:
     exp.add_argument("--profile", choices=sorted(PROFILES), help="run profile (default: ALLKIT_PROFILE or sample)")
     exp.add_argument(
         "--runs", help="runs folder (default: ALLKIT_RUNS or runs/); results go to RUNS/<profile>-experiments"
+    )
+    exp.add_argument(
+        "--chapter",
+        choices=CHAPTERS,
+        default="9-11",
+        help="whose fine-tunes: notebooks 09-11 (default), notebook 12, or all of them",
     )
     exp.add_argument("--quiet", action="store_true", help="no progress bars")
     exp.set_defaults(handler=run_experiments)
@@ -271,9 +280,19 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def experiment_variants(chapter: str, profile) -> list:
+    """The fine-tunes ``allkit experiments --chapter`` trains, each once (chapters share the paper's)."""
+    variants = []
+    if chapter in ("9-11", "all"):
+        variants += study_variants(seeds=study_seeds(profile))
+    if chapter in ("12", "all"):
+        variants += across_variants(profile)
+    return list(dict.fromkeys(variants))
+
+
 def run_experiments(args) -> int:
     profile = get_profile(args.profile)
-    variants = study_variants(seeds=study_seeds(profile))
+    variants = experiment_variants(args.chapter, profile)
     for i, variant in enumerate(variants, 1):
         run = run_variant(variant, profile, args.data, runs_dir=args.runs, progress=not args.quiet)
         last = run.history[-1]

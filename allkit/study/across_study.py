@@ -15,15 +15,29 @@ from allkit.hybrid import extract_features
 from allkit.metrics import bootstrap_ci, evaluate_with_ci
 from allkit.study.across import subject_normalised
 from allkit.study.experiments import Variant, VariantRun, run_variant
+from allkit.study.profiles import Profile
+from allkit.study.recipe_study import recipe_variant, study_seeds
 from allkit.study.recipes import ACROSS
 
 PARTS = {"val": "fold-1 validation donors", "test": "external people"}
 
 
-def across_variants(seeds=(42,)) -> list[Variant]:
-    """The paper's recipe and each single change, at the first seed; the others at every seed given."""
-    first = [Variant("paper"), *(Variant(name, recipe=name) for name in ACROSS)]
-    return first + [Variant(f"{v.name}-seed{s}", recipe=v.recipe, seed=s) for v in first for s in seeds[1:]]
+def across_seeds(profile: Profile) -> tuple[int, ...]:
+    """The training seeds at which the chapter compares the paper's and the ``robust`` recipe: three (one in
+    the ``ci`` profile), because the difference between two recipes means something only beside the
+    spread between seeds of one."""
+    return study_seeds(profile, 1 if profile.name == "ci" else 3)
+
+
+def across_variants(profile: Profile) -> list[Variant]:
+    """Every fine-tune the chapter loads, in the order it loads them: the paper's recipe and each single
+    change of :data:`~allkit.study.recipes.ACROSS` at the profile's seed, then the paper's and the
+    ``robust`` recipe at each of :func:`across_seeds` (named by
+    :func:`~allkit.study.recipe_study.recipe_variant`, so the same fine-tune is found on disk)."""
+    variants = [Variant("paper"), *(Variant(name, recipe=name) for name in ACROSS)]
+    for recipe in ("paper", "robust"):
+        variants += [recipe_variant(recipe, seed, profile) for seed in across_seeds(profile)]
+    return list(dict.fromkeys(variants))
 
 
 def scores(frame: pd.DataFrame, proba: np.ndarray, *, threshold: float = 0.5, n_boot: int = 1000) -> dict:
@@ -132,6 +146,6 @@ def donor_curve(features: np.ndarray, frame: pd.DataFrame, donors=(1, 2, 3, 5, 8
     return pd.DataFrame(rows)
 
 
-def run_across(profile, data=None, *, seeds=(42,), runs_dir=None, progress=True) -> list[VariantRun]:
+def run_across(profile: Profile, data=None, *, runs_dir=None, progress=True) -> list[VariantRun]:
     """Every fine-tune of the chapter (loaded when already on disk)."""
-    return [run_variant(v, profile, data, runs_dir=runs_dir, progress=progress) for v in across_variants(seeds)]
+    return [run_variant(v, profile, data, runs_dir=runs_dir, progress=progress) for v in across_variants(profile)]

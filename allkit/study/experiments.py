@@ -16,7 +16,7 @@ choice is a new experiment and a finished one is never recomputed. Outputs of ex
 views of :func:`allkit.transforms.dihedral`, the authors' random test-time views of
 :class:`allkit.study.views.RandomViews`) are computed the first time they are asked for.
 
-The notebooks ``09``–``11`` and ``allkit experiments`` call these functions; the training seed varies
+The notebooks ``09``–``12`` and ``allkit experiments`` call these functions; the training seed varies
 the fine-tune only (shuffling, augmentation, dropout), never the split.
 """
 

@@ -51,7 +51,7 @@ import seaborn as sns
 
 from allkit.study import across_study
 from allkit.study.experiments import Variant
-from allkit.study.recipe_study import study_seeds
+from allkit.study.recipe_study import recipe_variant
 from allkit.study.recipes import ACROSS, RECIPES, ROBUST_CHANGES, combine
 
 paper = ctx.variant(Variant("paper"), progress=False)
@@ -210,6 +210,10 @@ table(baseline)
 #   keep their ImageNet values): gentler fine-tuning, less room to memorise fourteen people;
 # - **early stopping**: keep the epoch with the lowest loss on the validation donors;
 # - **balanced sampling**: healthy cells repeated until both classes are as frequent in every epoch.
+#
+# Each fine-tune is loaded from `runs/<profile>-experiments/` when it is already there, and trained now
+# otherwise, without a progress bar. To train all of this chapter's fine-tunes beforehand, with progress
+# bars, run `allkit experiments --chapter 12` (the `sample` profile: hours on a CPU).
 
 # %%
 runs = {"paper": paper}
@@ -294,15 +298,11 @@ print(
 )
 
 # %%
-seeds = study_seeds(ctx.profile, 3 if ctx.profile.name != "ci" else 1)
+seeds = across_study.across_seeds(ctx.profile)  # three (one in the ci profile)
 seed_rows = []
 for name in ["paper", "robust"]:
     for seed in seeds:
-        suffix = "" if seed == ctx.profile.seed else f"-seed{seed}"
-        run = ctx.variant(
-            Variant(f"{name}{suffix}", recipe=name, seed=None if not suffix else seed),
-            progress=False,
-        )
+        run = ctx.variant(recipe_variant(name, seed, ctx.profile), progress=False)
         for row in across_study.variant_rows(run, name, n_boot=n_boot):
             seed_rows.append({**row, "seed": seed})
 by_seed = pd.DataFrame(seed_rows)
@@ -486,7 +486,7 @@ print(
 from allkit.study.calibration import choose_threshold
 
 cut = choose_threshold(paper.labels("val"), paper.hybrid_proba("val")[:, 1]).threshold
-for name, threshold in (("0.5", 0.5), (f"{cut:.6f} (from validation)", cut)):
+for name, threshold in (("0.5", 0.5), (f"{cut:.5g} (from validation)", cut)):
     row = across_study.scores(
         paper.frame("test"), paper.hybrid_proba("test"), threshold=threshold, n_boot=200
     )
