@@ -55,6 +55,17 @@ def test_notebooks_carry_outputs():
         assert first["cell_type"] == "markdown" and "colab-badge.svg" in "".join(first["source"]), path.name
 
 
+def test_every_run_card_shows_one_commit():
+    """The committed outputs are one run: every chapter's run card names the same allkit commit."""
+    commits = {}
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        text = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))
+        commits[path.name] = set(re.findall(r"^\s*allkit\s+\S+ \(commit (\w+)\)$", text, flags=re.M))
+        assert len(commits[path.name]) == 1, f"{path.name}: run card commits {commits[path.name] or 'none'}"
+    assert len(set.union(*commits.values())) == 1, f"chapters executed at different commits: {commits}"
+
+
 def test_every_chapter_teaches_and_installs_the_pinned_release():
     """Learning goals, at least two exercises with solutions, the pinned install and the Colab form."""
     for path in sorted((ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py")):
