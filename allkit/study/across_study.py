@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from allkit.hybrid import extract_features
 from allkit.metrics import bootstrap_ci, evaluate_with_ci
 from allkit.study.across import subject_normalised
-from allkit.study.experiments import Variant, VariantRun, run_variant
+from allkit.study.experiments import Variant, VariantRun
 from allkit.study.profiles import Profile
 from allkit.study.recipe_study import recipe_variant, study_seeds
 from allkit.study.recipes import ACROSS
@@ -144,8 +144,3 @@ def donor_curve(features: np.ndarray, frame: pd.DataFrame, donors=(1, 2, 3, 5, 8
                 }
             )
     return pd.DataFrame(rows)
-
-
-def run_across(profile: Profile, data=None, *, runs_dir=None, progress=True) -> list[VariantRun]:
-    """Every fine-tune of the chapter (loaded when already on disk)."""
-    return [run_variant(v, profile, data, runs_dir=runs_dir, progress=progress) for v in across_variants(profile)]
