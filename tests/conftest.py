@@ -1,5 +1,5 @@
 """Shared fixtures: small synthetic C-NMC trees (whole, or as cached training and test cells), one torch thread,
-and the real fold-1 sample when ALLKIT_DATA points at it."""
+and the real C-NMC cells when ALLKIT_DATA points at them."""
 
 import os
 from pathlib import Path
@@ -17,9 +17,8 @@ from allkit.study.synthetic import make_synthetic_cnmc  # noqa: E402
 matplotlib.use("Agg")
 
 REAL_DATA = os.environ.get("ALLKIT_DATA")
-# The external test set (CI sets it beside the real sample): only the tests that ask for it use it; every
-# other test builds its own data and must not get other people's cells as its test part.
-REAL_TEST_DATA = os.environ.pop("ALLKIT_TEST_DATA", None)
+# An external test set set in the environment must not become the test part of the tests' own data.
+os.environ.pop("ALLKIT_TEST_DATA", None)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,16 +72,8 @@ def train_test_factory():
 
 
 @pytest.fixture(scope="session")
-def external_root() -> Path:
-    """The external test set of other people (../shared/external), when ALLKIT_TEST_DATA points at it."""
-    if not REAL_TEST_DATA or not Path(REAL_TEST_DATA).is_dir():
-        pytest.skip("external test set not available (set ALLKIT_TEST_DATA=../shared/external)")
-    return Path(REAL_TEST_DATA)
-
-
-@pytest.fixture(scope="session")
 def real_root() -> Path:
-    """The real C-NMC fold-1 sample (../shared/data), when ALLKIT_DATA points at it."""
+    """The real C-NMC cells (../shared/data: folds 0 and 1, part of fold 2), when ALLKIT_DATA points at it."""
     if not REAL_DATA or not (Path(REAL_DATA) / "C-NMC_Leukemia").is_dir():
-        pytest.skip("real C-NMC sample not available (set ALLKIT_DATA=../shared/data)")
+        pytest.skip("real C-NMC cells not available (set ALLKIT_DATA=../shared/data)")
     return Path(REAL_DATA)

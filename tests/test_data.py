@@ -3,6 +3,7 @@ data plumbing (root resolution, download, safe extraction, ``allkit data check``
 
 import importlib
 import json
+import os
 import shutil
 import zipfile
 from collections import namedtuple
@@ -19,17 +20,23 @@ from allkit.data import (
     build_cache,
     check_leakage,
     decode_cell,
+    linked_subjects,
     load_cnmc,
     make_loader,
     parse_cell_name,
+    pixel_digest,
+    pixel_digests,
     split_by_image,
     split_by_subject,
+    split_folds,
     split_paper,
 )
+from allkit.data.cache import VERSION as CACHE_VERSION
 from allkit.errors import ConfigError, DataError, SubjectLeakageError
 from allkit.study import download
+from allkit.study.data_check import copy_groups
 from allkit.study.download import download_cnmc, safe_extract
-from allkit.study.workspace import SyntheticDataWarning, data_root
+from allkit.study.workspace import SyntheticDataWarning, data_root, fingerprint
 
 
 def copy_fold(synthetic_root: Path, dest: Path, fold: str = "fold_0") -> Path:
@@ -465,21 +472,135 @@ def test_cli_data_check_errors_are_one_line(capsys):
     assert code == 2 and err.count("\n") == 1 and "does not exist" in err and "Traceback" not in err
 
 
-# ---------------------------------------------------------------- the real fold-1 sample
+# ---------------------------------------------------------------- pictures filed under two people
+
+
+def planted_copies(synthetic_root: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """Folds 0-2 of the synthetic tree with two pictures of one fold-0 ALL person filed again under a fold-2 ALL
+    person (as WebP, another container, as the release does across its folds)."""
+    training = tmp_path / "C-NMC_Leukemia" / "training_data"
+    for fold in ("fold_0", "fold_1", "fold_2"):
+        copy_fold(synthetic_root, training, fold)
+    shutil.copy(synthetic_root / "C-NMC_Leukemia" / "SYNTHETIC.md", tmp_path / "C-NMC_Leukemia")
+    frame = load_cnmc(tmp_path).frame
+    source = frame[(frame.fold == "fold_0") & (frame.label == 1)].iloc[:2]
+    owner = frame.loc[(frame.fold == "fold_2") & (frame.label == 1), "subject"].iloc[0]
+    for i, path in enumerate(source["path"]):
+        target = training / "fold_2" / "all" / f"UID_{owner}_900_{i + 1}_all.webp"
+        with Image.open(path) as image:
+            image.save(target, lossless=True)
+    return tmp_path, {"from": str(source["subject"].iloc[0]), "to": str(owner)}
+
+
+def test_pixel_digest_is_the_picture_not_the_container(tmp_path):
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 40, 3), dtype=np.uint8))
+    for name, kwargs in (("a.png", {}), ("a.webp", {"lossless": True}), ("a.bmp", {}), ("b.jpg", {"quality": 90})):
+        picture.save(tmp_path / name, **kwargs)
+    digests = pixel_digests(sorted(tmp_path.iterdir()), folder=tmp_path / "cache", progress=False)
+    by_name = {Path(p).name: d for p, d in digests.items()}
+    assert by_name["a.png"] == by_name["a.webp"] == by_name["a.bmp"] != by_name["b.jpg"]  # JPEG changes pixels
+    assert by_name["a.png"] == pixel_digest(picture)
+
+
+def test_pixel_digests_are_remembered_and_refreshed(tmp_path, monkeypatch):
+    path = tmp_path / "c.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(path)
+    first = pixel_digests([path], folder=tmp_path, progress=False)
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("decoded again"))
+    assert pixel_digests([path], folder=tmp_path, progress=False) == first
+    monkeypatch.undo()
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(path)
+    os.utime(path, ns=(1, 2))  # another modification time: decoded again
+    assert pixel_digests([path], folder=tmp_path, progress=False) != first
+    (tmp_path / f"pixel-digests-v{CACHE_VERSION}.json").write_text("{not json")
+    assert pixel_digests([path], folder=tmp_path, progress=False) != first  # a damaged index is recomputed
+
+
+def test_linked_people_stay_on_one_side_and_copies_leave_the_test_part(synthetic_root, tmp_path):
+    root, planted = planted_copies(synthetic_root, tmp_path)
+    frame = load_cnmc(root).frame
+    digests = pixel_digests(frame["path"], folder=tmp_path / "cache", progress=False)
+    groups = linked_subjects(frame, digests)
+    name = "+".join(sorted([planted["from"], planted["to"]]))
+    assert groups[planted["from"]] == groups[planted["to"]] == name
+    assert copy_groups(frame, digests) == {name: 2}
+    for seed in range(6):  # wherever the draw puts the pair, it is one unit
+        split = split_by_subject(frame, seed=seed, digests=digests)
+        sides = {part for part, cells in split.parts().items() if planted["from"] in set(cells["subject"])}
+        assert sides == {part for part, cells in split.parts().items() if planted["to"] in set(cells["subject"])}
+    # Without the digests the byte-different copies go unnoticed; the guard with them refuses such a split.
+    folds = split_folds(frame, seed=0, digests=digests)
+    assert folds.protocol == "folds" and folds.dropped == {"test": 2}
+    assert planted["to"] in set(folds.test["subject"])  # the person stays; only the copied pictures go
+    check_leakage(folds.parts(), digests)
+    naive = split_folds(frame, seed=0)
+    with pytest.raises(DataError, match="identical picture"):
+        check_leakage(naive.parts(), digests)
+
+
+def test_folds_protocol_tests_on_fold_2_and_keeps_validation_donors(synthetic_root):
+    frame = load_cnmc(synthetic_root).frame
+    split = split_folds(frame, seed=0, min_val_subjects=3)
+    assert set(split.test["fold"]) == {"fold_2"} and "prelim" not in set(split.frame["fold"])
+    assert set(split.train["fold"]) | set(split.val["fold"]) <= {"fold_0", "fold_1"}
+    people = frame[frame["fold"].isin(["fold_0", "fold_1"])].groupby("label")["subject"].nunique()
+    in_val = split.val.groupby("label")["subject"].nunique()
+    assert (in_val == (people - 1).clip(upper=3)).all(), (people, in_val)  # the floor, one left to train on
+    check_leakage(split.parts())
+    with pytest.raises(DataError, match="fold_2"):
+        split_folds(frame[frame["fold"] != "fold_2"])
+
+
+def test_data_check_reports_copies_under_two_people_and_stays_usable(synthetic_root, tmp_path, capsys):
+    root, planted = planted_copies(synthetic_root, tmp_path)
+    code, out, _ = run_cli(["data", "check", str(root), "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["usable"] and report["leakage"] == []
+    name = "+".join(sorted([planted["from"], planted["to"]]))
+    assert [(c["subjects"], c["pictures"], c["folds"]) for c in report["copies"]] == [(name, 2, ["fold_0", "fold_2"])]
+    code, out, _ = run_cli(["data", "check", str(root)], capsys)
+    assert code == 0 and "usable: yes" in out and "2 picture(s) filed under each of" in out
+
+
+def test_fingerprint_names_the_cells_not_the_folder(synthetic_root, tmp_path):
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(synthetic_root, copy)
+    assert fingerprint(load_cnmc(copy)) == fingerprint(load_cnmc(synthetic_root))
+    victim = next((copy / "C-NMC_Leukemia" / "training_data" / "fold_0" / "all").iterdir())
+    subject = parse_cell_name(victim.name)["subject"]
+    victim.rename(victim.with_name(f"UID_{subject}_999_9_all{victim.suffix}"))
+    assert fingerprint(load_cnmc(copy)) != fingerprint(load_cnmc(synthetic_root))
+
+
+# ---------------------------------------------------------------- the real C-NMC cells (../shared/data)
+
+
+def release_counts(root: Path) -> tuple[dict, dict]:
+    """Cells and people per class, counted from the file names alone (not through allkit)."""
+    names = [p.name for p in (root / "C-NMC_Leukemia" / "training_data").glob("fold_*/*/UID_*")]
+    images = {
+        c: sum(n.lower().endswith(f"_{c.lower()}" + Path(n).suffix.lower()) for n in names) for c in ("ALL", "HEM")
+    }
+    people = {
+        c: len({n.split("_")[1].upper() for n in names if Path(n).stem.lower().endswith(c.lower())})
+        for c in ("ALL", "HEM")
+    }
+    return images, people
 
 
 def test_real_sample_counts(real_root, capsys):
     code, out, _ = run_cli(["data", "check", str(real_root), "--json", "--quick"], capsys)
     report = json.loads(out)
+    images, people = release_counts(real_root)
     assert code == 0
-    assert report["images"] == {"ALL": 2418, "HEM": 1163}
-    assert report["subjects"] == {"ALL": 11, "HEM": 3}
+    assert report["images"] == images and report["subjects"] == people
     assert report["leakage"] == [] and not report["synthetic"]
 
 
 def test_real_sample_split_and_cache(real_root, tmp_path):
     frame = load_cnmc(real_root).frame
-    assert {"H10", "H14", "H22"} == set(frame.loc[frame.label == 0, "subject"])
+    _, people = release_counts(real_root)
+    assert frame.loc[frame.label == 0, "subject"].nunique() == people["HEM"]
     split = split_by_subject(frame, seed=42)
     check_leakage(split.parts())
     for part in split.parts().values():
@@ -489,6 +610,29 @@ def test_real_sample_split_and_cache(real_root, tmp_path):
     for i in range(0, len(sample), 7):
         with Image.open(sample.at[i, "path"]) as image:
             assert np.array_equal(pixels(cache, sample.iloc[[i]])[0], decode_cell(image, size=224))
+
+
+def test_real_release_copies_found_across_containers(real_root, capsys):
+    """The release files some pictures under two people, across PNG (fold 1) and WebP (folds 0, 2): data check
+    finds them by their pixels, names the groups, and the data stays usable; the folds split drops them from
+    fold 2 and never has one picture on two sides."""
+    code, out, _ = run_cli(["data", "check", str(real_root), "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["usable"] and report["bad_files"] == []
+    copies = {c["subjects"]: c for c in report["copies"]}
+    assert "51+75+78" in copies and copies["51+75+78"]["folds"] == ["fold_1", "fold_2"]
+    assert any(Path(f).suffix == ".png" for f in copies["51+75+78"]["example"])  # PNG = WebP, found by pixels
+    frame = load_cnmc(real_root).frame
+    digests = pixel_digests(frame["path"], progress=False)
+    split = split_folds(frame, seed=42, digests=digests)
+    shared = (
+        frame[frame["fold"] == "fold_2"]["path"]
+        .map(digests)
+        .isin(set(frame[frame["fold"] != "fold_2"]["path"].map(digests)))
+    )
+    assert split.dropped == {"test": int(shared.sum())} and shared.sum() > 0
+    check_leakage(split.parts(), digests)
+    assert (split.val[split.val.label == 0]["subject"].nunique()) >= 3
 
 
 def test_real_sample_lowercase_subject_names(real_root, tmp_path):

@@ -23,7 +23,9 @@ CORE = [
     *sorted((PACKAGE / "data").glob("*.py")),
 ]
 OUTER_LAYERS = ("allkit.study", "allkit.deploy", "allkit.cli")
-CORE_BUDGET, FILE_BUDGET = 2500, 400
+# 2,500 until the data step learnt the release's pictures filed under two people (pixel digests, linked people,
+# copies dropped from the evaluation side) and the folds protocol: about 180 lines.
+CORE_BUDGET, FILE_BUDGET = 2700, 400
 
 
 def module_name(path: Path) -> str:

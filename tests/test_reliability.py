@@ -162,14 +162,14 @@ def test_evaluate_on_cells_the_model_was_trained_on_warns(finished, capsys):
 def test_a_file_copied_to_another_subject_is_leakage(data):
     hem = sorted((data / "C-NMC_Leukemia" / "training_data" / "fold_0" / "hem").iterdir())[0]
     target = data / "C-NMC_Leukemia" / "training_data" / "fold_1" / "hem" / "UID_H99_1_1_hem.png"
-    shutil.copy(hem, target)  # a byte-identical cell under a new subject, in another fold
+    shutil.copy(hem, target)  # an identical cell under a new subject, in another fold
     original = load_cnmc(data).frame.set_index("path").loc[str(hem), "subject"]
 
     def apart(frame):  # the original subject in training, the copy's in the test part
         rest = frame[~frame["subject"].isin([original, "H99"])]
         return Split(frame[frame["subject"] == original], rest, frame[frame["subject"] == "H99"], "subject", 0)
 
-    with pytest.raises(DataError, match="identical image file") as info:
+    with pytest.raises(DataError, match="identical picture") as info:
         prepare("ci", data, backbone="efficientnet_lite0", weights="offline", split=apart, progress=False)
     assert str(target) in str(info.value) or str(hem) in str(info.value)
 

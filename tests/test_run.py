@@ -43,7 +43,7 @@ def test_reproduce_writes_metrics_model_and_figures(reproduced):
     metrics = json.loads((reproduced / "metrics.json").read_text())
     card = metrics["run_card"]
     assert card["synthetic"] and card["backbone"] == "efficientnet_lite0" and card["weights"] == "offline"
-    assert card["split"] == "subject" and card["profile"] == "ci"
+    assert card["split"] == "folds" and card["profile"] == "ci"  # the synthetic tree has folds 0-2: test on fold 2
     for model in ("cnn", "hybrid"):
         result = metrics[model]
         assert 0.0 <= result["accuracy"] <= 1.0
@@ -147,11 +147,10 @@ def test_inception_gets_its_299_px_input_and_random_weights_on_request(synthetic
     assert prepared.datasets["train"][0][0].shape == (3, 299, 299)
 
 
-def test_real_sample_hybrid_on_held_out_subjects(real_root, tmp_path):
-    """The ci profile on the real fold-1 sample: offline Lite0 fine-tuned 1 epoch on 240 cells of 8 subjects,
-    then XGBoost. Measured here (CPU): validation subjects (2 ALL + H22) hybrid accuracy 0.925, AUC 0.94;
-    test subjects (2 ALL + H10) accuracy 0.55, AUC 0.71 -- H10's cells are mostly called ALL, which the
-    book discusses. Floors sit below those measurements with a margin for platform differences."""
+def test_real_sample_learns_on_folds_0_1_and_tests_on_fold_2(real_root, tmp_path):
+    """The ci profile on the real cells: offline Lite0 fine-tuned 1 epoch on 240 cells of the folds 0-1 training
+    people, XGBoost, then the test part: fold 2's people, none of whom any step has seen, without the pictures the
+    release also files under a training person."""
     run = reproduce(
         "ci",
         real_root,
@@ -161,14 +160,24 @@ def test_real_sample_hybrid_on_held_out_subjects(real_root, tmp_path):
         progress=False,
         figures=False,
     )
-    card = run.metrics["run_card"]
-    assert not card["synthetic"] and card["split"] == "subject"
-    train_subjects = set(run.prepared.datasets["train"].frame["subject"])
-    for part in ("val", "test"):
-        assert train_subjects.isdisjoint(run.prepared.datasets[part].frame["subject"])
-    val_accuracy = 1 - run.metrics["xgb_evals"]["validation"]["error"][-1]
-    assert val_accuracy >= 0.8, f"hybrid accuracy on held-out validation subjects {val_accuracy:.3f}"
-    assert run.metrics["hybrid"]["roc_auc"] >= 0.6, run.metrics["hybrid"]
+    card, split, datasets = run.metrics["run_card"], run.metrics["split"], run.prepared.datasets
+    frame = load_cnmc(real_root).frame
+    fold_2 = set(frame.loc[frame["fold"] == "fold_2", "subject"])
+    assert not card["synthetic"] and card["split"] == "folds"
+    assert set(split["subjects"]["test"]) <= fold_2
+    assert fold_2.isdisjoint(split["subjects"]["train"] + split["subjects"]["val"])
+    assert "prelim" not in set(datasets["train"].frame["fold"])
+    digests = datasets["train"].cache.digests
+    seen = {digests[p] for part in ("train", "val") for p in datasets[part].frame["path"]}
+    assert seen.isdisjoint(digests[p] for p in datasets["test"].frame["path"])
+    assert card["dropped_copies"].get("test", 0) > 0  # the release files fold-1 pictures under fold-2 people
+    assert (datasets["val"].frame.groupby("label")["subject"].nunique() >= 3).all()
+    hybrid = run.metrics["hybrid"]
+    print(  # the figure the data issue asks for, printed (not asserted): above the always-ALL 0.5?
+        f"ci profile, fold 2: balanced accuracy {hybrid['balanced_accuracy']:.3f} "
+        f"[{hybrid['ci']['balanced_accuracy']['low']:.3f}, {hybrid['ci']['balanced_accuracy']['high']:.3f}], "
+        f"AUC {hybrid['roc_auc']:.3f}, majority baseline {hybrid['majority_baseline']:.3f}"
+    )
 
 
 def reproduce_with_recipe(recipe, synthetic_root, tmp_path, capsys):
@@ -271,26 +280,30 @@ def test_prepare_seeds_the_new_head(synthetic_root):
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
-def test_real_sample_tested_on_the_external_people(real_root, external_root, tmp_path):
-    """Fold 1 for training and validation (by subject), the 38 other people of ../shared/external as the test
-    part: no person on two sides, and `allkit evaluate` on the external folder sees no training subject."""
+def test_real_sample_with_fold_2_as_an_external_test_set(real_root, tmp_path):
+    """--test-data: folds 0-1 as the data (split by subject into training and validation), fold 2's folder as
+    the test set of other people; the pictures fold 2 shares with folds 0-1 leave the test part, and `allkit
+    evaluate` on the fold-2 folder sees no training or validation person."""
+    training = tmp_path / "data" / "C-NMC_Leukemia" / "training_data"
+    training.mkdir(parents=True)
+    for fold in ("fold_0", "fold_1"):  # links: the shared cells are read in place, never copied
+        (training / fold).symlink_to(real_root / "C-NMC_Leukemia" / "training_data" / fold)
+    fold_2 = real_root / "C-NMC_Leukemia" / "training_data" / "fold_2"
     run = reproduce(
         "ci",
-        real_root,
+        tmp_path / "data",
         out=tmp_path / "run",
         backbone="efficientnet_lite0",
         weights="offline",
         progress=False,
         figures=False,
-        test_data=external_root,
+        test_data=fold_2,
     )
     split, card = run.metrics["split"], run.metrics["run_card"]
-    assert card["split"] == "subject+external" and card["test_data"] == str(external_root)
-    external_people = set(load_cnmc(external_root).frame["subject"])
+    assert card["split"] == "subject+external" and card["test_data"] == str(fold_2)
+    external_people = set(load_cnmc(fold_2).frame["subject"])
     assert set(split["subjects"]["test"]) <= external_people
     assert external_people.isdisjoint(split["subjects"]["train"] + split["subjects"]["val"])
-    hem_train = [s for s in split["subjects"]["train"] if s.startswith("H")]
-    assert len(hem_train) >= 2, f"at least two healthy donors to learn from, got {hem_train}"
-    result = allkit.study.run.evaluate_folder(run.out / "model", external_root, progress=False)
+    assert card["dropped_copies"].get("test", 0) > 0
+    result = allkit.study.run.evaluate_folder(run.out / "model", fold_2, progress=False)
     assert result["seen_subjects"] == [] and result["n_subjects"] == len(external_people)
-    assert 0 <= result["ci"]["balanced_accuracy"]["low"] <= result["balanced_accuracy"] <= 1

@@ -65,8 +65,12 @@ def _print_report(report: dict) -> None:
     print(f"  bad files: {len(report['bad_files'])}")
     for bad in report["bad_files"]:
         print(f"    {bad['path']}: {bad['reason']}")
-    for group in report["duplicates"]:
-        print(f"  duplicate content: {', '.join(group)}")
+    for copy in report["copies"]:  # every group is in --json; here one example each
+        print(
+            f"  {copy['pictures']} picture(s) filed under each of {copy['subjects'].replace('+', ', ')} "
+            f"({', '.join(copy['folds'])}), "
+            f"e.g. {' = '.join(copy['example'])}"
+        )
     print(f"  leakage: {'none' if not report['leakage'] else ''}")
     for leak in report["leakage"]:
         print(f"    subject {leak['subject']} is in {', '.join(leak['parts'])}")

@@ -8,6 +8,11 @@ chapters and feature extraction read pixels from the page cache instead of decod
 The cache lives in ``ALLKIT_CACHE`` (else the platform's cache folder), is named by a hash of the file
 list (path, size, modification and change time, inode) and the preprocessing, and is written to a temp
 file renamed into place, so an interrupted build never leaves a cache that looks complete.
+
+Each cell also gets a *pixel digest* (a hash of its decoded full-size RGB pixels): the release files some
+identical pictures under two people, sometimes in two containers (a PNG here, a WebP there), and only the
+pixels say they are one cell. :func:`pixel_digests` remembers them per file, so splits can keep such people
+together (:mod:`allkit.data.splits`).
 """
 
 import hashlib
@@ -31,7 +36,7 @@ from allkit.constants import CROP_RATIO, IMAGE_SIZE
 from allkit.errors import ConfigError, DataError
 from allkit.files import write_json
 
-VERSION = 3
+VERSION = 4  # 4: pixel digests instead of the files' sha1
 
 
 def cache_dir() -> Path:
@@ -51,17 +56,63 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def pixel_digest(image: Image.Image) -> str:
+    """A hash of the picture itself (size and 8-bit RGB pixels), whatever the container: a BMP, a PNG and a
+    lossless WebP of one cell have one digest."""
+    rgb = to_rgb(image)
+    return hashlib.sha1(f"{rgb.size[0]}x{rgb.size[1]}|".encode() + rgb.tobytes()).hexdigest()
+
+
 def read_cell(path, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -> tuple[np.ndarray, str]:
-    """A cell file → its decoded pixels (:func:`decode_cell`) and the sha1 of its bytes, reading it once: the
-    same check for ``allkit data check`` and for the cache, which keeps the hashes to find copies."""
+    """A cell file → its decoded pixels (:func:`decode_cell`) and its :func:`pixel_digest`, reading it once:
+    the same check for ``allkit data check`` and for the cache."""
     with open(path, "rb") as handle:
         payload = handle.read()
     try:
         with Image.open(io.BytesIO(payload)) as image:
             image.load()
-            return decode_cell(image, size, crop_ratio), hashlib.sha1(payload).hexdigest()
+            return decode_cell(image, size, crop_ratio), pixel_digest(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # Pillow's many ways to fail
         raise DataError(f"{path}: not a readable image ({err})") from err
+
+
+def _file_key(path) -> str:
+    st = os.stat(path)
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def pixel_digests(paths, *, progress: bool = True, folder=None) -> dict[str, str]:
+    """``{path: pixel digest}`` for every file in ``paths``: remembered in the cache folder by path, size and
+    modification time, so each file is decoded for it once (about 3 ms a cell here). An unreadable file is a
+    :class:`DataError` naming it."""
+    paths = [str(p) for p in paths]
+    index = (Path(folder) if folder is not None else cache_dir()) / f"pixel-digests-v{VERSION}.json"
+    try:
+        known = json.loads(index.read_text()) if index.is_file() else {}
+    except (OSError, ValueError):
+        known = {}  # damaged: computed again, never trusted
+    try:
+        keys = {path: _file_key(path) for path in paths}
+    except OSError as err:
+        raise DataError(f"cannot read {err.filename}: {err.strerror}") from None
+    todo = [path for path in paths if keys[path] not in known]
+    if todo:
+
+        def digest(path: str) -> str:
+            try:
+                with Image.open(path) as image:
+                    return pixel_digest(image)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                raise DataError(f"{path}: not a readable image ({err}); remove or replace the file") from None
+
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            done = tqdm(
+                pool.map(digest, todo), total=len(todo), desc="Finding copies", unit="img", disable=not progress
+            )
+            known.update({keys[path]: value for path, value in zip(todo, done, strict=True)})
+        index.parent.mkdir(parents=True, exist_ok=True)
+        write_json(index, known, indent=None)
+    return {path: known[keys[path]] for path in paths}
 
 
 def decode_cell(image, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -> np.ndarray:
@@ -89,9 +140,10 @@ class CellCache:
     crop_ratio: float
 
     @property
-    def sha1(self) -> list[str]:
-        """The sha1 of each cached cell's file (identical files, e.g. a cell stored under two subjects, match)."""
-        return json.loads(self.path.with_suffix(".sha1.json").read_text())
+    def digests(self) -> dict[str, str]:
+        """``{path: pixel digest}`` of the cached cells (one picture filed under two subjects: one digest)."""
+        values = json.loads(self.path.with_suffix(".digests.json").read_text())
+        return dict(zip(self.frame["path"], values, strict=True))
 
     @property
     def images(self) -> np.ndarray:
@@ -140,7 +192,7 @@ def build_cache(
     except OSError as err:
         raise DataError(f"cannot read {err.filename}: {err.strerror}") from None
     npy = folder / f"cells-{size}-{key}.npy"
-    if npy.is_file() and npy.with_suffix(".sha1.json").is_file():
+    if npy.is_file() and npy.with_suffix(".digests.json").is_file():
         try:
             if np.load(npy, mmap_mode="r").shape == (len(frame), size, size, 3):
                 return CellCache(npy, frame, size, crop_ratio)
@@ -156,7 +208,7 @@ def build_cache(
         )
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{npy.stem}.", suffix=".tmp")
     os.close(fd)
-    sha1 = [""] * len(frame)
+    digests = [""] * len(frame)
     try:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(frame), size, size, 3))
         if hasattr(os, "posix_fallocate"):  # claim the disk now: a full disk is an OSError here, not a SIGBUS later
@@ -165,7 +217,7 @@ def build_cache(
 
         def decode(i: int, images=images) -> str | None:
             try:
-                images[i], sha1[i] = read_cell(frame.at[i, "path"], size, crop_ratio)
+                images[i], digests[i] = read_cell(frame.at[i, "path"], size, crop_ratio)
             except (OSError, DataError) as err:
                 return str(err)
             return None
@@ -185,7 +237,7 @@ def build_cache(
             pool.shutdown(cancel_futures=True)
         images.flush()
         del images
-        write_json(npy.with_suffix(".sha1.json"), sha1, indent=None)
+        write_json(npy.with_suffix(".digests.json"), digests, indent=None)
         os.replace(tmp, npy)
     finally:
         if os.path.exists(tmp):

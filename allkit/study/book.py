@@ -39,6 +39,7 @@ from allkit.study.workspace import (
     ENV_RUNS,
     ENV_TEST_DATA,
     data_root,
+    fingerprint,
     has_cnmc,
     local_folders,
     runs_dir,
@@ -222,6 +223,15 @@ class Context:
         return run_variant(variant, self.profile, self.data_root, runs_dir=self.runs_dir, progress=progress)
 
 
+def data_fingerprint(cells: CNMC, test_root: Path | None = None) -> str:
+    """The fingerprint of the cells a chapter computes on (:func:`allkit.study.workspace.fingerprint`; with an external
+    test set, both), printed in its run card: the test suite compares a chapter's committed numbers with a new
+    execution only when the data present has the fingerprint they were computed on."""
+    if test_root is None:
+        return fingerprint(cells)
+    return f"{fingerprint(cells)}+{fingerprint(load_cnmc(test_root))}"
+
+
 def run_card(ctx: Context) -> dict:
     frame = ctx.cells.frame
     return {
@@ -235,6 +245,7 @@ def run_card(ctx: Context) -> dict:
         "real or synthetic": "SYNTHETIC stand-in (not real cells)" if ctx.synthetic else "real C-NMC 2019 cells",
         "cells": f"{len(frame)} labelled ({int(frame.label.sum())} ALL / {int((frame.label == 0).sum())} HEM), "
         f"{frame.subject.nunique()} subjects",
+        "data fingerprint": data_fingerprint(ctx.cells, ctx.test_root),
         "backbone (profile)": f"{ctx.profile.backbone} ({ctx.profile.weights} weights; offline fallback: "
         f"{ctx.profile.fallback_backbone or 'none'})",
         "device": describe_device(select_device("auto")),

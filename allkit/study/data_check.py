@@ -5,41 +5,57 @@ import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
+import pandas as pd
 from tqdm.auto import tqdm
 
-from allkit.data import load_cnmc, read_cell
+from allkit.data import linked_subjects, load_cnmc, read_cell
 from allkit.errors import DataError
-from allkit.study.workspace import data_root
+from allkit.study.workspace import data_root, fingerprint
 
 
-def _decode_all(paths: list[str], progress: bool) -> tuple[list[dict], list[list[str]]]:
-    """Every image decoded and its bytes hashed: unreadable files and identical copies show up."""
+def _decode_all(paths: list[str], progress: bool) -> tuple[list[dict], dict[str, str]]:
+    """Every image decoded: unreadable files, and each readable file's pixel digest (copies show up)."""
 
     def work(path: str):
         try:
             return path, read_cell(path)[1], None
         except (OSError, DataError) as err:
-            return path, path, str(err)
+            return path, None, str(err)
 
-    bad, by_hash = [], defaultdict(list)
+    bad, digests = [], {}
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = tqdm(
             pool.map(work, paths), total=len(paths), desc="Decoding", unit="img", disable=not progress, file=sys.stderr
         )
         for path, digest, problem in results:
-            by_hash[digest].append(path)
             if problem:
                 bad.append({"path": path, "reason": problem})
-    return bad, [sorted(group) for group in by_hash.values() if len(group) > 1]
+            else:
+                digests[path] = digest
+    return bad, digests
+
+
+def copy_groups(frame: pd.DataFrame, digests: dict[str, str]) -> dict[str, int]:
+    """``{"20+21": 71, ...}``: for each group of people who share pictures, how many of its pictures are filed
+    more than once."""
+    groups, shared = linked_subjects(frame, digests), {}
+    counts = frame.assign(digest=frame["path"].map(digests)).groupby("digest")["subject"].nunique()
+    for digest in counts[counts > 1].index:
+        subject = str(frame.loc[frame["path"].map(digests) == digest, "subject"].iloc[0])
+        shared[groups[subject]] = shared.get(groups[subject], 0) + 1
+    return dict(sorted(shared.items()))
 
 
 def check_report(path=None, *, deep: bool = True, allow_unknown_subjects: bool = False, progress: bool = True) -> dict:
-    """Images and subjects per split, fold and class; unreadable images; byte-identical copies; subject
-    leakage between folds or parts; and whether a run can use the data (``usable``)."""
+    """Images and subjects per split, fold and class; unreadable images; identical pictures (by their decoded
+    pixels, whatever the container); subject leakage between folds or parts; and whether a run can use the data
+    (``usable``). Pictures that the release itself files under two people are reported as ``copies`` (a known
+    property of C-NMC 2019: runs keep those people on one side or drop the copies from the evaluation side),
+    not as leakage."""
     root, source = data_root(path)
     data = load_cnmc(root, allow_unknown_subjects=allow_unknown_subjects)
     frame = data.frame
-    bad, duplicates = _decode_all(frame["path"].tolist(), progress) if deep else ([], [])
+    bad, digests = _decode_all(frame["path"].tolist(), progress) if deep else ([], {})
     parts = frame.assign(part=frame["fold"].where(frame["fold"] == "prelim", "training"))
     leakage = [
         {"subject": s, "parts": sorted(p)} for s, p in parts.groupby("subject")["part"].unique().items() if len(p) > 1
@@ -49,28 +65,39 @@ def check_report(path=None, *, deep: bool = True, allow_unknown_subjects: bool =
         for s, f in frame.groupby("subject")["fold"].unique().items()
         if len(f) > 1 and s not in {x["subject"] for x in leakage}
     ]
-    # Identical files within one subject are a curiosity of the release (seen in H10); across subjects or
-    # folds they would put one cell on both sides of a split.
+    groups = defaultdict(list)
+    for file, digest in digests.items():
+        groups[digest].append(file)
+    duplicates = sorted(sorted(g) for g in groups.values() if len(g) > 1)
     where = frame.set_index("path")[["subject", "fold"]]
-    cross = [g for g in duplicates if len({tuple(where.loc[p]) for p in g}) > 1]
-    leakage += [
-        {
-            "subject": "+".join(sorted({str(where.loc[p, "subject"]) for p in g})),
-            "parts": sorted({str(where.loc[p, "fold"]) for p in g}),
-            "files": g,
-        }
-        for g in cross
-    ]
+    across = [g for g in duplicates if where.loc[g, "subject"].nunique() > 1]
+    readable = frame[frame["path"].isin(digests)]
+    copies = []
+    for name, n in copy_groups(readable, digests).items():
+        members = set(name.split("+"))
+        shared = [g for g in across if str(where.loc[g[0], "subject"]) in members]
+        folds = sorted({str(where.loc[f, "fold"]) for g in shared for f in g})
+        copies.append({"subjects": name, "folds": folds, "pictures": n, "example": shared[0]})
     per_class = frame.groupby("class_name")
     images = {name: int(per_class.size().get(name, 0)) for name in ("ALL", "HEM")}
     notes = list(data.notes)
-    if len(duplicates) > len(cross):
-        notes.append(f"{len(duplicates) - len(cross)} group(s) of byte-identical images within one subject")
+    if len(duplicates) > len(across):
+        notes.append(f"{len(duplicates) - len(across)} group(s) of identical pictures within one subject")
+    if copies:
+        listed = ", ".join(f"{c['subjects']}: {c['pictures']}" for c in copies)
+        notes.append(
+            f"{sum(c['pictures'] for c in copies)} picture(s) are filed under more than one person "
+            f"({listed}), as in the public release: runs "
+            "keep these people on one side of a split, or drop the copies from the evaluation side"
+        )
+    if not deep:
+        notes.append("images not decoded (--quick): unreadable files and copies filed under two people not checked")
     return {
         "root": str(data.root),
         "source": source,
         "layout": data.layout,
         "synthetic": data.synthetic,
+        "fingerprint": fingerprint(data),
         "images": images,
         "subjects": {n: int(per_class["subject"].nunique().get(n, 0)) for n in ("ALL", "HEM")},
         "unlabelled": len(data.unlabelled),
@@ -80,6 +107,7 @@ def check_report(path=None, *, deep: bool = True, allow_unknown_subjects: bool =
         ],
         "bad_files": bad,
         "duplicates": duplicates,
+        "copies": copies,
         "leakage": leakage,
         "notes": notes,
         "decoded": deep,

@@ -33,9 +33,12 @@ from allkit.data import (
     build_cache,
     check_leakage,
     load_cnmc,
+    pixel_digests,
     split_by_image,
     split_by_subject,
+    split_folds,
     split_paper,
+    without_copies,
 )
 from allkit.device import select_device
 from allkit.errors import AllkitError, ModelError
@@ -76,25 +79,44 @@ def describe_device(device: torch.device) -> str:
     return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def make_split(frame: pd.DataFrame, profile: Profile, external: pd.DataFrame | None = None) -> Split:
-    """The profile's split: the paper's (when the preliminary test set is present and asked for), else by
-    subject; ``"image"`` is the leaky by-image split with the subject split's part sizes. With ``external``
-    cells (a test set of other people), ``frame`` is split into training and validation only, by subject,
-    and ``external`` is the test part."""
+def make_split(
+    frame: pd.DataFrame,
+    profile: Profile,
+    external: pd.DataFrame | None = None,
+    digests: dict[str, str] | None = None,
+) -> Split:
+    """The profile's split: the paper's (when the preliminary test set is present and asked for), the release's
+    folds (``"folds"``: fold 2 is the test part, folds 0-1 are split by subject into training and validation),
+    else by subject; ``"image"`` is the leaky by-image split with the subject split's part sizes. With
+    ``external`` cells (a test set of other people), ``frame`` is split into training and validation only, by
+    subject, and ``external`` is the test part. With ``digests`` (pixel digests of every cell), people who share
+    a picture stay on one side, and where a fixed protocol puts copies apart they leave the evaluation side."""
     if external is not None and profile.split != "image":
-        inside = split_by_subject(frame, val_size=profile.val_size, test_size=0, seed=profile.seed)
+        inside = split_by_subject(frame, val_size=profile.val_size, test_size=0, seed=profile.seed, digests=digests)
         test = external.assign(split="test").reset_index(drop=True)
-        return Split(inside.train, inside.val, test, protocol="subject+external", seed=profile.seed)
+        chosen = Split(inside.train, inside.val, test, protocol="subject+external", seed=profile.seed)
+        return chosen if digests is None else without_copies(chosen, digests)
     has_prelim = (frame["fold"] == "prelim").any()
     if profile.split in ("paper", "auto") and has_prelim:
-        return split_paper(frame, seed=profile.seed)
-    safe = split_by_subject(frame, val_size=profile.val_size, test_size=profile.test_size, seed=profile.seed)
+        chosen = split_paper(frame, seed=profile.seed)
+        return chosen if digests is None else without_copies(chosen, digests)
+    if profile.split == "folds" and has_folds(frame):
+        return split_folds(frame, val_size=profile.val_size, seed=profile.seed, digests=digests)
+    safe = split_by_subject(
+        frame, val_size=profile.val_size, test_size=profile.test_size, seed=profile.seed, digests=digests
+    )
     if profile.split != "image":
         return safe
     n = len(frame)
     return split_by_image(
         frame, val_size=len(safe.val) / n, test_size=len(safe.test) / n, seed=profile.seed, leaky=True
     )
+
+
+def has_folds(frame: pd.DataFrame) -> bool:
+    """Whether the folds protocol can run: fold 2 and at least one other training fold are present."""
+    folds = set(frame["fold"].astype(str))
+    return "fold_2" in folds and bool(folds & {"fold_0", "fold_1"})
 
 
 def _subset(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
@@ -141,6 +163,7 @@ class Prepared:
             "synthetic": self.synthetic,
             "split": self.split.protocol,
             "counts": counts,
+            "dropped_copies": dict(self.split.dropped),
             "image_size": self.profile.image_size,
             "backbone": self.backbone,
             "weights": self.weights,
@@ -195,7 +218,13 @@ def prepare(
     device = select_device(device)
     cells = load_cnmc(root)
     external = None if test_root is None else load_cnmc(test_root).frame.assign(fold="external")
-    chosen_split = split(cells.frame) if split is not None else make_split(cells.frame, profile, external)
+    if split is not None:
+        chosen_split = split(cells.frame)
+    else:
+        everyone = cells.frame if external is None else pd.concat([cells.frame, external], ignore_index=True)
+        # Decoded once per file and remembered: which people the release files one picture under.
+        digests = None if profile.split == "image" else pixel_digests(everyone["path"], progress=progress)
+        chosen_split = make_split(cells.frame, profile, external, digests)
     frames = {
         "train": _subset(chosen_split.train, profile.max_train_cells, profile.seed),
         "val": _subset(chosen_split.val, profile.max_eval_cells, profile.seed),
@@ -216,9 +245,16 @@ def prepare(
             "the profile asks for the paper's split; the data has no preliminary test set, so a "
             "subject-wise split of what is present is used"
         )
+    if profile.split == "folds" and split is None and chosen_split.protocol == "subject":
+        notes.append(
+            "the profile tests on fold 2 (people no step has seen) and trains on folds 0-1; the data does not "
+            "hold fold 2 and another fold, so a subject-wise split of what is present is used"
+        )
+    for part, n in chosen_split.dropped.items():
+        notes.append(f"{n} {part} cell(s) dropped: the same pictures are filed under a training person by the release")
     cache = build_cache(pd.concat(frames.values(), ignore_index=True), size=profile.image_size, progress=progress)
     if not chosen_split.leaky:  # the same file under two subjects would put one cell on both sides
-        check_leakage(frames, sha1=dict(zip(cache.frame["path"], cache.sha1, strict=True)))
+        check_leakage(frames, digests=cache.digests)
     datasets = {part: CellDataset(cache, frame) for part, frame in frames.items() if len(frame)}
     normalize = get_backbone(name).mean_std if profile.normalize else False
     prepared = Prepared(

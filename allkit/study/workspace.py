@@ -7,6 +7,7 @@ Data: an explicit path > ``ALLKIT_DATA`` > ``./data`` (or ``../data``, for a not
 (:func:`allkit.data.cache_dir`).
 """
 
+import hashlib
 import os
 import sys
 import warnings
@@ -24,6 +25,20 @@ SYNTHETIC_BANNER = (
 
 class SyntheticDataWarning(UserWarning):
     """The synthetic stand-in is used instead of real C-NMC cells."""
+
+
+def fingerprint(cells: CNMC) -> str:
+    """Which cells these are, in 12 hex digits: each file's path below the data root, its size and its label. A
+    result carries it (run cards, committed notebook outputs) so that it is compared only with results
+    computed on the same cells, wherever the folder lies."""
+    root, digest = Path(cells.root), hashlib.sha256()
+    for path, label in sorted(zip(cells.frame["path"].map(str), cells.frame["label"], strict=True)):
+        try:
+            name = Path(path).relative_to(root).as_posix()
+        except ValueError:
+            name = Path(path).name
+        digest.update(f"{name}|{os.path.getsize(path)}|{label}\n".encode())
+    return digest.hexdigest()[:12]
 
 
 def local_folders(name: str) -> list[Path]:
