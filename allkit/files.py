@@ -11,11 +11,40 @@ from pathlib import Path
 
 import torch
 
+from allkit.errors import AllkitError
 
-def _umask() -> int:
+
+def current_umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it
     os.umask(mask)
     return mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def sweep_stale(folder, name: str) -> list[Path]:
+    """Remove what a killed writer of ``name`` left in ``folder``: the temp files and staging folders named
+    ``.NAME.<pid>.…`` (see :func:`atomic_file`, :func:`atomic_folder`) whose process is gone. Another live
+    process's work is never touched. Returns what was removed."""
+    removed, prefix = [], f".{name}."
+    try:
+        entries = [p for p in Path(folder).iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name[len(prefix) :].split(".", 1)[0].removeprefix("old-")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
@@ -25,9 +54,10 @@ def atomic_file(path, mode: str = "wb"):
     permissions (0666 minus the umask), not mkstemp's 0600: models and figures are meant to be shared."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sweep_stale(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -79,9 +109,10 @@ def atomic_folder(path):
     as it was."""
     target = Path(path).expanduser().absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    sweep_stale(target.parent, target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
         old = target.parent / f".{target.name}.old-{os.getpid()}" if target.exists() else None
         if old is not None:
@@ -96,3 +127,18 @@ def atomic_folder(path):
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def refuse_overlap(out, inputs: dict[str, object]) -> None:
+    """Refuse an output path that is one of ``inputs`` (what the command reads: name → path, ``None`` skipped),
+    lies inside one, or holds one: replacing it would destroy what is being read."""
+    target = Path(out).expanduser().resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        source = Path(path).expanduser().resolve()
+        if target == source or source in target.parents or target in source.parents:
+            where = "is" if target == source else "is inside" if source in target.parents else "holds"
+            raise AllkitError(
+                f"the output {out} {where} {name} {path}, which this command reads; choose an output outside it"
+            )

@@ -3,7 +3,9 @@
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from allkit import __version__
 from allkit.cli import data_cmd, export_cmd, model_cmd
@@ -28,10 +30,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """SIGTERM (a killed job, a Colab restart): raised in the main thread so that every ``finally`` cleans up as
+    for Ctrl-C: staging folders, half-built caches and locks are removed, earlier results are kept."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handles_signals = threading.current_thread() is threading.main_thread()  # signal() works only there
+    previous = signal.signal(signal.SIGTERM, _terminate) if handles_signals else None
     try:
         return int(args.handler(args) or 0)
+    except Terminated:
+        print(
+            "allkit: terminated (SIGTERM); nothing half-written was kept, earlier results are as they were",
+            file=sys.stderr,
+        )
+        return 143
     except (AllkitError, OSError) as err:
         if args.debug or os.environ.get("ALLKIT_DEBUG") == "1":
             raise
@@ -45,3 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("allkit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if handles_signals:
+            signal.signal(signal.SIGTERM, previous)

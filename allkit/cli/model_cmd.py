@@ -15,12 +15,14 @@ from allkit.study.profiles import PROFILES, get_profile
 from allkit.study.recipe_study import study_seeds
 from allkit.study.recipes import RECIPES
 from allkit.study.run import (
+    cnn_inputs,
     evaluate_folder,
     finetune,
     fit_hybrid,
     load_cnn,
     prepare,
     reproduce,
+    run_inputs,
     save_cnn,
     with_recipe,
     writing,
@@ -208,7 +210,8 @@ def run_train(args) -> int:
     profile = with_recipe(args.profile, args.recipe)
     if args.epochs is not None:
         profile = profile.with_overrides(epochs=args.epochs)
-    with writing(args.out, overwrite=args.overwrite) as staging:  # claimed before any data preparation
+    inputs = run_inputs(args.data, args.test_data, args.weights)
+    with writing(args.out, overwrite=args.overwrite, inputs=inputs) as staging:  # claimed before any work
         prepared, model = prepare(
             profile,
             args.data,
@@ -233,7 +236,7 @@ def run_train(args) -> int:
 
 def run_fit_hybrid(args) -> int:
     out = Path(args.out) if args.out else Path(args.cnn) / "model"
-    with writing(out, overwrite=args.overwrite) as staging:
+    with writing(out, overwrite=args.overwrite, inputs=cnn_inputs(args.cnn)) as staging:
         prepared, model, recipe = load_cnn(args.cnn, progress=not args.quiet)
         hybrid = fit_hybrid(prepared, model, recipe, progress=not args.quiet)
         hybrid.save(staging)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from allkit.constants import CROP_RATIO, IMAGE_SIZE
 from allkit.errors import ConfigError, DataError
-from allkit.files import write_json
+from allkit.files import current_umask, sweep_stale, write_json
 
 VERSION = 4  # 4: pixel digests instead of the files' sha1
 
@@ -206,8 +206,11 @@ def build_cache(
             f"{folder} has {free / 2**20:.0f} MiB free; caching {len(frame)} cells at {size} px "
             f"needs {needed / 2**20:.0f} MiB. Free some space or set ALLKIT_CACHE elsewhere"
         )
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{npy.stem}.", suffix=".tmp")
+    for stale in folder.glob(".cells-*.tmp"):  # what killed builds left, whichever cells they were caching
+        sweep_stale(folder, stale.name.split(".")[1])
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{npy.stem}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # not mkstemp's 0600: like every file allkit writes
     digests = [""] * len(frame)
     try:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(frame), size, size, 3))

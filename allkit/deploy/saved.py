@@ -9,6 +9,7 @@ from allkit.deploy.onnx_model import DEFAULT_OPSET, check_cells, export_onnx, re
 from allkit.deploy.predictor import check_against_pytorch
 from allkit.deploy.quantize import check_int8_mode, quantize_onnx
 from allkit.errors import ModelError
+from allkit.files import refuse_overlap
 from allkit.hybrid import HybridClassifier
 from allkit.inference import predict_proba
 from allkit.study.run import folder_cells, load_run, rebuild_prepared
@@ -83,6 +84,7 @@ def export_saved_model(
     in the folder's ``xgboost.json``.
     """
     folder = Path(model_dir)
+    refuse_overlap(out, {"the model folder": folder})  # e.g. --out MODEL/cnn.pt would replace the weights
     if int8:
         check_int8_mode(int8_mode)
     hybrid = load_hybrid(folder)

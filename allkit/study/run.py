@@ -42,7 +42,7 @@ from allkit.data import (
 )
 from allkit.device import select_device
 from allkit.errors import AllkitError, ModelError
-from allkit.files import atomic_folder, read_json, save_torch, write_json
+from allkit.files import atomic_folder, read_json, refuse_overlap, save_torch, write_json
 from allkit.hybrid import HybridClassifier
 from allkit.inference import predict_proba
 from allkit.metrics import bootstrap_ci, classification_table, evaluate_with_ci, patient_level, patient_level_metrics
@@ -422,18 +422,46 @@ def with_recipe(profile: Profile | str | None, recipe) -> Profile:
     return profile if chosen.normalize is None else profile.with_overrides(normalize=chosen.normalize)
 
 
+RUN_MARKER = ".allkit-run.json"  # written into every folder `writing` fills: what --overwrite may replace
+_RUN_FILES = {
+    "metrics.json",
+    "history.json",
+    "model",
+    "checkpoints",
+    "cnn.pt",
+    "train.json",
+    "manifest.json",
+    "xgboost.json",
+}
+
+
+def is_allkit_run(folder: Path) -> bool:
+    """Whether ``folder`` was written by allkit: it has the run marker, or (runs from before the marker) holds
+    only the files a run, a trained CNN or a saved model has."""
+    if (folder / RUN_MARKER).is_file():
+        return True
+    names = [p.name for p in folder.iterdir()]
+    return bool(set(names) & {"metrics.json", "train.json", "manifest.json"}) and all(
+        n in _RUN_FILES or n.endswith(".png") for n in names
+    )
+
+
 @contextlib.contextmanager
-def writing(out, *, overwrite: bool = False):
-    """Claim the run folder ``out`` before any work: refuse a file, a folder that cannot be written, a folder
-    another allkit process is writing (a lock beside it) and, unless ``overwrite``, a non-empty one. Yields
-    a staging folder that replaces ``out`` only when the block succeeds: a failed or interrupted run leaves
-    the previous one as it was, and two runs never mix their files."""
+def writing(out, *, overwrite: bool = False, inputs: dict | None = None):
+    """Claim the run folder ``out`` before any work: refuse a file, a folder that is, holds or lies inside one
+    of ``inputs`` (name → path the command reads: the data, a CNN's files), a folder that cannot be written, a
+    folder another allkit process is writing (a lock beside it), a non-empty one unless ``overwrite``, and even
+    then one that allkit did not write (:func:`is_allkit_run`). Yields a staging folder that replaces ``out``
+    only when the block succeeds: a failed or interrupted run leaves the previous one as it was, and two runs
+    never mix their files."""
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise AllkitError(f"--out {out} is a file; expected a folder for the run")
+    refuse_overlap(out, inputs or {})
+    lock_path = out.parent / f".{out.name}.lock"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(out.parent / f".{out.name}.lock", "a")  # noqa: SIM115 - held for the whole block
+        lock = open(lock_path, "a")  # noqa: SIM115 - held for the whole block
     except OSError as err:
         raise AllkitError(f"cannot write to {out.parent} ({err.strerror}); choose another --out") from None
     with lock:
@@ -443,13 +471,32 @@ def writing(out, *, overwrite: bool = False):
             raise AllkitError(
                 f"{out} is being written by another allkit process; wait for it, or choose another --out"
             ) from None
-        if not overwrite and out.is_dir() and any(out.iterdir()):
-            raise AllkitError(
-                f"{out} already holds results ({', '.join(sorted(p.name for p in out.iterdir())[:4])}); "
-                "pass --overwrite to replace them, or choose another --out"
-            )
-        with atomic_folder(out) as staging:
-            yield staging
+        try:
+            held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+            if held and not overwrite:
+                raise AllkitError(
+                    f"{out} already holds results ({', '.join(held[:4])}); "
+                    "pass --overwrite to replace them, or choose another --out"
+                )
+            if held and not is_allkit_run(out):
+                raise AllkitError(
+                    f"{out} is not a folder allkit wrote (it holds {', '.join(held[:4])}"
+                    f"{', ...' if len(held) > 4 else ''}); --overwrite replaces only an allkit run or an empty "
+                    "folder: choose another --out"
+                )
+            with atomic_folder(out) as staging:
+                yield staging
+                write_json(staging / RUN_MARKER, {"written_by": f"allkit {allkit.__version__}"})
+        finally:
+            lock_path.unlink(missing_ok=True)  # while still held: no lock file is left behind per --out name
+
+
+def run_inputs(data=None, test_data=None, weights=None) -> dict:
+    """What a run reads, as :func:`writing`'s ``inputs``: the data root, the test data and a weights file."""
+    inputs = {"the data": data_root(data, announce=False)[0], "the test data": test_data_root(test_data)}
+    if weights is not None and Path(str(weights)).expanduser().exists():
+        inputs["the weights"] = weights
+    return inputs
 
 
 def split_record(prepared: Prepared) -> dict:
@@ -483,7 +530,7 @@ def reproduce(
     started, chosen = time.perf_counter(), get_recipe(recipe)
     profile = with_recipe(profile, chosen)
     out = Path(out) if out is not None else runs_dir() / profile.name
-    with writing(out, overwrite=overwrite) as staging:
+    with writing(out, overwrite=overwrite, inputs=run_inputs(data, test_data, weights)) as staging:
         prepared, model = prepare(
             profile, data, backbone=backbone, weights=weights, device=device, progress=progress, test_data=test_data
         )
@@ -577,6 +624,18 @@ def save_cnn(out: Path, prepared: Prepared, model: torch.nn.Module, history: lis
         default=_json_default,
     )
     return out / CNN_FILE
+
+
+def cnn_inputs(folder) -> dict:
+    """What ``allkit fit-hybrid`` reads from a CNN folder, as :func:`writing`'s ``inputs``: its weights, its
+    record and checkpoints (so it can be refitted later), and the data it was trained on."""
+    folder = Path(folder)
+    inputs = {f"the CNN's {name}": folder / name for name in (CNN_FILE, TRAIN_FILE, "checkpoints")}
+    try:
+        inputs["its data"] = json.loads((folder / TRAIN_FILE).read_text())["run_card"]["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # load_cnn names the problem with the folder
+    return inputs
 
 
 def load_cnn(folder, *, progress: bool = True) -> tuple[Prepared, torch.nn.Module, Recipe]:

@@ -1,0 +1,174 @@
+"""Nothing lost, nothing left behind: an output that is, holds or lies inside an input is refused; --overwrite
+replaces only an allkit run; a killed run cleans up (SIGTERM) or is swept at the next start (a hard kill)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import allkit.cli.model_cmd
+import allkit.study.run
+from allkit.cli.main import main
+from allkit.data import build_cache, load_cnmc
+from allkit.files import atomic_folder, sweep_stale
+from allkit.study.synthetic import make_synthetic_cnmc
+
+OFFLINE = ["--backbone", "efficientnet_lite0", "--weights", "offline"]
+
+
+def cli(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(code, err, *words):
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_synthetic_cnmc(tmp_path / "data", seed=3, cells_per_subject=4, final_cells=0).parent
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if data preparation starts: a refused output is refused before any work."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started although the output was already known to be refused")
+
+    for module in (allkit.study.run, allkit.cli.model_cmd):
+        monkeypatch.setattr(module, "prepare", refuse)
+    monkeypatch.setattr(allkit.cli.model_cmd, "load_cnn", refuse)
+
+
+def dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize("command", ["train", "reproduce"])
+def test_out_equal_to_the_data_is_refused_and_the_data_kept(data, no_work, capsys, command):
+    before = tree(data)
+    code, _, err = cli([command, "--profile", "ci", "--data", data, "--out", data, "--overwrite", *OFFLINE], capsys)
+    one_line_error(code, err, "the data", "choose an output outside it")
+    assert tree(data) == before
+
+
+def test_out_holding_the_data_is_refused_and_the_users_files_kept(data, no_work, capsys, monkeypatch):
+    project = data.parent
+    (project / "notes.txt").write_text("the user's own file")
+    before = tree(project)
+    monkeypatch.chdir(project)
+    code, _, err = cli(["train", "--profile", "ci", "--data", data.name, "--out", ".", "--overwrite"], capsys)
+    one_line_error(code, err, "holds the data")
+    assert tree(project) == before
+
+
+def test_out_inside_the_data_is_refused(data, no_work, capsys):
+    code, _, err = cli(["reproduce", "--profile", "ci", "--data", data, "--out", data / "runs" / "ci"], capsys)
+    one_line_error(code, err, "is inside the data")
+    assert not (data / "runs").exists()
+
+
+def test_overwrite_refuses_a_folder_allkit_did_not_write(data, tmp_path, no_work, capsys):
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("months of work")
+    (mine / "metrics.json").write_text("{}")  # a file a run has too: still not a run
+    code, _, err = cli(["reproduce", "--profile", "ci", "--data", data, "--out", mine, "--overwrite"], capsys)
+    one_line_error(code, err, "not a folder allkit wrote", "chapter1.tex")
+    assert (mine / "chapter1.tex").read_text() == "months of work"
+
+
+def test_fit_hybrid_cannot_replace_the_cnn_it_reads(tmp_path, no_work, capsys):
+    cnn = tmp_path / "cnn"
+    (cnn / "checkpoints").mkdir(parents=True)
+    for name in ("cnn.pt", "train.json", "checkpoints/epoch1.pt"):
+        (cnn / name).write_bytes(b"weights")
+    before = tree(cnn)
+    for out in (cnn, cnn / "checkpoints"):
+        code, _, err = cli(["fit-hybrid", "--cnn", cnn, "--out", out, "--overwrite"], capsys)
+        one_line_error(code, err, "which this command reads")
+    assert tree(cnn) == before
+
+
+def test_export_cannot_write_over_the_model(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "cnn.pt").write_bytes(b"the weights")
+    code, _, err = cli(["export", "--onnx", "--model", model, "--out", model / "cnn.pt"], capsys)
+    one_line_error(code, err, "the model folder")
+    assert (model / "cnn.pt").read_bytes() == b"the weights"
+
+
+def test_a_run_leaves_no_lock_file_and_marks_its_folder(data, tmp_path, capsys):
+    out = tmp_path / "runs" / "ci"
+    code, _, _ = cli(["reproduce", "--profile", "ci", "--data", data, "--out", out, "--quiet", *OFFLINE], capsys)
+    assert code == 0 and (out / allkit.study.run.RUN_MARKER).is_file()
+    assert [p.name for p in out.parent.iterdir()] == ["ci"]  # no .ci.lock, no staging folder
+    code, _, _ = cli(
+        ["reproduce", "--profile", "ci", "--data", data, "--out", out, "--quiet", "--overwrite", *OFFLINE], capsys
+    )
+    assert code == 0 and [p.name for p in out.parent.iterdir()] == ["ci"]
+
+
+def test_sigterm_cleans_up_like_ctrl_c(data, tmp_path):
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    env = {**os.environ, "ALLKIT_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    args = ["reproduce", "--profile", "ci", "--data", str(data), "--out", str(runs / "ci"), "--quiet", *OFFLINE]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "allkit", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (runs.is_dir() and any(p.name.startswith(".ci.") and p.is_dir() for p in runs.iterdir())):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and err.strip().count("\n") == 0 and "terminated" in err, err
+    assert list(runs.iterdir()) == []  # no staging folder, no lock, no half run
+    assert not list(cache.rglob("*.tmp"))
+
+
+def test_a_hard_kill_is_swept_at_the_next_start_but_live_work_is_kept(tmp_path):
+    dead, live = dead_pid(), os.getppid()
+    left = [tmp_path / f".run.{dead}.abc123", tmp_path / f".run.old-{dead}"]
+    for folder in left:
+        folder.mkdir()
+    (tmp_path / f".run.{dead}.x.tmp").write_bytes(b"half")
+    working = tmp_path / f".run.{live}.def456"
+    working.mkdir()
+    unrelated = tmp_path / ".runner.1.tmp"
+    unrelated.write_bytes(b"not ours")
+    with atomic_folder(tmp_path / "run") as staging:
+        (staging / "a").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run", working.name, unrelated.name])
+    assert sweep_stale(tmp_path, "run") == []
+
+
+def test_a_killed_cache_build_is_swept_and_caches_are_shared_readable(data, tmp_path):
+    frame = load_cnmc(data).frame.head(3)
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    stale = folder / f".cells-64-0123456789abcdef0123.{dead_pid()}.zz.tmp"
+    stale.write_bytes(np.zeros(10, np.uint8).tobytes())
+    old = os.umask(0o022)
+    try:
+        cache = build_cache(frame, size=64, folder=folder, progress=False)
+    finally:
+        os.umask(old)
+    assert not stale.exists()
+    assert oct(cache.path.stat().st_mode & 0o777) == oct(0o644)
