@@ -9,6 +9,10 @@ ORIGINAL_SIZE = 450
 CROP_SIZE = 448
 CROP_RATIO = CROP_SIZE / ORIGINAL_SIZE  # as a fraction of the shorter side, so other sizes scale
 IMAGE_SIZE = 224
+# What allkit accepts as a cell image (the release's are all 450x450): anything smaller, longer or larger is
+# refused with a message rather than cropped to a few pixels or decoded into gigabytes.
+MIN_CELL_SIDE, MAX_CELL_ASPECT, MAX_CELL_PIXELS = 64, 2.0, 4096 * 4096
+MAX_INPUT_SIZE = 1024  # the largest network input (preprocessing size) allkit resizes cells to
 
 # Augmentation (training only): horizontal and vertical flips with p = 0.2 each, rotation up to 10 deg.
 FLIP_PROBABILITY = 0.2

@@ -30,7 +30,7 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from allkit.constants import CLASS_TO_LABEL, SEED, XGB_ETA
-from allkit.data import CellDataset
+from allkit.data import CellDataset, check_preprocessing
 from allkit.device import select_device
 from allkit.errors import ConfigError, ModelError
 from allkit.files import atomic_folder, read_json, save_torch, sha256_file, write_json
@@ -110,6 +110,8 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"threshold={self.threshold!r}; expected a probability in [0, 1]")
         if not isinstance(self.tta, (bool, np.bool_)):
             raise ConfigError(f"tta={self.tta!r}; expected True or False")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed={self.seed!r}; expected a whole number from 0 to 2**32 - 1")
 
     # ------------------------------------------------------------------------------------- features
     def transform(self, cells: CellDataset, view: int = 0) -> np.ndarray:
@@ -298,29 +300,35 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
                 cnn = build_model(manifest["backbone"], folder / CNN_FILE, num_classes=int(manifest["cnn_outputs"]))
             model = cls(**{**params, "cnn": cnn.eval(), "device": device, "progress": progress})
             model._check_params()
-            model.xgb_ = xgboost.XGBClassifier()
-            model.xgb_.load_model(folder / XGB_FILE)
             dim = int(manifest["feature_dim"])
-        except (KeyError, TypeError, ValueError, xgboost.core.XGBoostError) as err:
+        except (KeyError, TypeError, ValueError, ConfigError) as err:
             raise ModelError(
                 f"{folder / MANIFEST} has a missing or invalid value ({err}); save the model again"
-            ) from err
+            ) from None
+        try:
+            model.xgb_ = xgboost.XGBClassifier()
+            model.xgb_.load_model(folder / XGB_FILE)
+            n_features = model.xgb_.n_features_in_
+        except (xgboost.core.XGBoostError, ValueError, TypeError, KeyError, AttributeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelError(
+                f"{folder / XGB_FILE} is not a readable XGBoost model ({first[:200]}); save the model again"
+            ) from None
         gives = (
             head(cnn, model.backbone).in_features
             if model.feature_source == "features"
             else int(manifest["cnn_outputs"])
         )
-        if not model.xgb_.n_features_in_ == gives == dim:
+        if not n_features == gives == dim:
             raise ModelError(
-                f"{folder}: XGBoost takes {model.xgb_.n_features_in_} features, the CNN gives "
-                f"{gives}, the manifest says {dim}"
+                f"{folder}: XGBoost takes {n_features} features, the CNN gives {gives}, the manifest says {dim}"
             )
         pre = manifest.get("preprocessing")
         if pre is not None:
-            if not (isinstance(pre.get("size"), int) and pre["size"] > 0 and 0 < float(pre.get("crop_ratio", 0)) <= 1):
-                raise ModelError(
-                    f"{folder / MANIFEST}: preprocessing {pre}; expected a positive size and a crop ratio in (0, 1]"
-                )
+            try:
+                check_preprocessing(pre.get("size"), pre.get("crop_ratio"))
+            except (ConfigError, AttributeError) as err:
+                raise ModelError(f"{folder / MANIFEST}: preprocessing {pre}: {err}") from None
             model.preprocessing_ = pre
         model.classes_, model.n_features_in_ = np.array([0, 1]), dim
         model.evals_result_ = manifest.get("evals_result") or {}

@@ -463,8 +463,11 @@ def test_cli_data_check_json(synthetic_root, capsys):
     report = json.loads(out)
     frame = load_cnmc(synthetic_root).frame
     assert code == 0 and report["usable"] and report["synthetic"]
-    assert report["images"] == {"ALL": int((frame.label == 1).sum()), "HEM": int((frame.label == 0).sum())}
-    assert report["bad_files"] == [] and report["leakage"] == []
+    training, prelim = frame[frame.fold != "prelim"], frame[frame.fold == "prelim"]
+    assert report["images"] == {"ALL": int((training.label == 1).sum()), "HEM": int((training.label == 0).sum())}
+    assert report["prelim"]["images"] == {"ALL": int((prelim.label == 1).sum()), "HEM": int((prelim.label == 0).sum())}
+    assert report["bad_files"] == [] and report["leakage"] == [] and report["uncounted"] == []
+    assert report["unlabelled"] == len(load_cnmc(synthetic_root).unlabelled) > 0
 
 
 def test_cli_data_check_errors_are_one_line(capsys):
@@ -493,7 +496,7 @@ def planted_copies(synthetic_root: Path, tmp_path: Path) -> tuple[Path, dict]:
 
 
 def test_pixel_digest_is_the_picture_not_the_container(tmp_path):
-    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 40, 3), dtype=np.uint8))
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 72, 3), dtype=np.uint8))
     for name, kwargs in (("a.png", {}), ("a.webp", {"lossless": True}), ("a.bmp", {}), ("b.jpg", {"quality": 90})):
         picture.save(tmp_path / name, **kwargs)
     digests = pixel_digests(sorted(tmp_path.iterdir()), folder=tmp_path / "cache", progress=False)
@@ -504,12 +507,12 @@ def test_pixel_digest_is_the_picture_not_the_container(tmp_path):
 
 def test_pixel_digests_are_remembered_and_refreshed(tmp_path, monkeypatch):
     path = tmp_path / "c.png"
-    Image.new("RGB", (8, 8), (1, 2, 3)).save(path)
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(path)
     first = pixel_digests([path], folder=tmp_path, progress=False)
     monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("decoded again"))
     assert pixel_digests([path], folder=tmp_path, progress=False) == first
     monkeypatch.undo()
-    Image.new("RGB", (8, 8), (9, 9, 9)).save(path)
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(path)
     os.utime(path, ns=(1, 2))  # another modification time: decoded again
     assert pixel_digests([path], folder=tmp_path, progress=False) != first
     (tmp_path / f"pixel-digests-v{CACHE_VERSION}.json").write_text("{not json")

@@ -2,10 +2,13 @@
 replaces only an allkit run; a killed run cleans up (SIGTERM) or is swept at the next start (a hard kill)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +175,87 @@ def test_a_killed_cache_build_is_swept_and_caches_are_shared_readable(data, tmp_
         os.umask(old)
     assert not stale.exists()
     assert oct(cache.path.stat().st_mode & 0o777) == oct(0o644)
+
+
+# ---------------------------------------------------------------------------------------- archives
+
+
+def zip_with(path: Path, members: dict[str, bytes], **kwargs) -> Path:
+    with zipfile.ZipFile(path, "w", **kwargs) as zf:
+        for name, payload in members.items():
+            zf.writestr(name, payload)
+    return path
+
+
+def patch_zip(path: Path, offset_of: bytes, patch) -> None:
+    """Edit the archive's bytes (a damaged download): ``patch(bytearray, index of offset_of)``."""
+    raw = bytearray(path.read_bytes())
+    patch(raw, raw.index(offset_of))
+    path.write_bytes(bytes(raw))
+
+
+CELL = {"C-NMC_Leukemia/training_data/fold_0/all/UID_1_1_1_all.bmp": b"BM" + bytes(5000)}
+
+
+def assert_refused_cleanly(archive: Path, dest: Path, capsys, *words):
+    code, _, err = cli(["data", "extract", archive, "--dest", dest], capsys)
+    one_line_error(code, err, str(archive), *words)
+    assert not dest.exists() or list(dest.iterdir()) == [], list(dest.iterdir())  # nothing half-written
+
+
+def test_a_bad_crc_names_the_archive_and_member(tmp_path, capsys):
+    archive = zip_with(tmp_path / "a.zip", CELL, compression=zipfile.ZIP_STORED)
+    patch_zip(archive, bytes(64), lambda raw, i: raw.__setitem__(i + 10, 1))  # one byte of the cell flipped
+    assert_refused_cleanly(archive, tmp_path / "dest", capsys, "UID_1_1_1_all.bmp", "damaged")
+
+
+def test_encrypted_and_unsupported_members_are_refused(tmp_path, capsys):
+    for flag_offset, value, word in ((6, 0x1, "encrypted"), (8, 99, "compression method 99")):
+        archive = zip_with(tmp_path / f"{word.split()[0]}.zip", CELL)
+
+        def patch(raw, i, offset=flag_offset, value=value):  # in the local and the central header
+            for start in (i for i in range(len(raw) - 4) if raw[i : i + 4] in (b"PK\x03\x04", b"PK\x01\x02")):
+                at = start + offset + (2 if raw[start + 2] == 1 else 0)
+                raw[at : at + 2] = value.to_bytes(2, "little")
+
+        patch_zip(archive, b"PK", patch)
+        assert_refused_cleanly(archive, tmp_path / "dest", capsys, word)
+
+
+def test_a_zip_bomb_is_stopped_at_its_stated_size(tmp_path, capsys):
+    archive = zip_with(
+        tmp_path / "bomb.zip", {"C-NMC_Leukemia/x.bmp": bytes(3 << 20)}, compression=zipfile.ZIP_DEFLATED
+    )
+    stated = (3 << 20).to_bytes(4, "little")
+    small = (1000).to_bytes(4, "little")
+    patch_zip(archive, b"PK", lambda raw, i: raw.__init__(bytes(raw).replace(stated, small)))
+    assert_refused_cleanly(archive, tmp_path / "dest", capsys)
+
+
+def test_an_archive_larger_than_the_free_space_is_refused_before_writing(tmp_path, capsys, monkeypatch):
+    archive = zip_with(tmp_path / "a.zip", CELL)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=100))
+    assert_refused_cleanly(archive, tmp_path / "dest", capsys, "GiB free")
+
+
+def test_a_truncated_tar_gz_is_one_line(tmp_path, capsys):
+    source = tmp_path / "src" / "C-NMC_Leukemia"
+    source.mkdir(parents=True)
+    (source / "cell.bmp").write_bytes(os.urandom(200_000))
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(source, arcname="C-NMC_Leukemia")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    assert_refused_cleanly(archive, tmp_path / "dest", capsys, "damaged or truncated")
+
+
+def test_extract_is_all_or_nothing_and_says_what_next(tmp_path, capsys):
+    archive = zip_with(tmp_path / "a.zip", {**CELL, "C-NMC_Leukemia/readme.txt": b"x"})
+    dest = tmp_path / "dest"
+    code, out, _ = cli(["data", "extract", archive, "--dest", dest], capsys)
+    assert code == 0 and f"allkit data check {dest}" in out
+    assert (dest / "C-NMC_Leukemia" / "readme.txt").read_bytes() == b"x"
+    assert [p.name for p in dest.iterdir()] == ["C-NMC_Leukemia"]  # no staging folder left
+    code, _, err = cli(["data", "extract", archive, "--dest", dest], capsys)  # never merged into an existing tree
+    one_line_error(code, err, "already exists")

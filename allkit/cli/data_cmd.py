@@ -59,9 +59,15 @@ def _print_report(report: dict) -> None:
     for row in report["per_split"]:
         print(f"  {row['split']:<8}{row['fold']:<8}{row['class_name']:<7}{row['images']:>8}{row['subjects']:>10}")
     for name in ("ALL", "HEM"):
-        print(f"  {name}: {report['images'][name]} images, {report['subjects'][name]} subjects")
+        print(f"  training {name}: {report['images'][name]} images, {report['subjects'][name]} subjects")
+    for name in ("ALL", "HEM") if sum(report["prelim"]["images"].values()) else ():
+        prelim = report["prelim"]
+        print(f"  preliminary test {name}: {prelim['images'][name]} images, {prelim['subjects'][name]} subjects")
     if report["unlabelled"]:
-        print(f"  unlabelled (final test): {report['unlabelled']} images")
+        decoded = "decoded" if report["decoded"] else "not decoded"
+        print(f"  final test (unlabelled): {report['unlabelled']} images ({decoded})")
+    if report["uncounted"]:
+        print(f"  not counted: {len(report['uncounted'])} image(s), e.g. {report['uncounted'][0]}")
     print(f"  bad files: {len(report['bad_files'])}")
     for bad in report["bad_files"]:
         print(f"    {bad['path']}: {bad['reason']}")
@@ -97,5 +103,6 @@ def run_download(args) -> int:
 
 
 def run_extract(args) -> int:
-    print(f"unpacked into {safe_extract(args.archive, args.dest)}")
+    dest = safe_extract(args.archive, args.dest)
+    print(f"unpacked into {dest}; next: allkit data check {dest}   (then: export ALLKIT_DATA={dest})")
     return 0

@@ -15,12 +15,14 @@ pixels say they are one cell. :func:`pixel_digests` remembers them per file, so 
 together (:mod:`allkit.data.splits`).
 """
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,15 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 from tqdm.auto import tqdm
 
-from allkit.constants import CROP_RATIO, IMAGE_SIZE
+from allkit.constants import (
+    CROP_RATIO,
+    IMAGE_SIZE,
+    MAX_CELL_ASPECT,
+    MAX_CELL_PIXELS,
+    MAX_INPUT_SIZE,
+    MIN_CELL_SIDE,
+    ORIGINAL_SIZE,
+)
 from allkit.errors import ConfigError, DataError
 from allkit.files import current_umask, sweep_stale, write_json
 
@@ -56,6 +66,40 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def check_preprocessing(size, crop_ratio: float) -> None:
+    """``size`` (pixels a side) and ``crop_ratio`` checked where they are read, before any allocation."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= MAX_INPUT_SIZE:
+        raise ConfigError(f"size={size!r}; expected a whole number of pixels from 1 to {MAX_INPUT_SIZE}")
+    if not isinstance(crop_ratio, (int, float, np.floating)) or not 0 < crop_ratio <= 1:
+        raise ConfigError(f"crop_ratio={crop_ratio!r}; expected a fraction in (0, 1]")
+
+
+@contextlib.contextmanager
+def open_cell(source, name=None):
+    """``Image.open`` for a cell file (a path or a file object; ``name`` for messages), refusing what is no cell
+    before it is decoded: fewer than 64 pixels a side, longer than 2:1, more than 4096x4096 pixels (the release's
+    cells are 450x450). Pillow's own decompression-bomb warning, far above that limit, is not shown."""
+    name = name or source
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise DataError(f"{name}: not a readable image ({err})") from None
+    with image:
+        width, height = image.size
+        if (
+            width * height > MAX_CELL_PIXELS
+            or min(width, height) < MIN_CELL_SIDE
+            or max(width, height) > MAX_CELL_ASPECT * min(width, height)
+        ):
+            raise DataError(
+                f"{name}: {width}x{height} pixels is not a cell image (C-NMC cells are {ORIGINAL_SIZE}x{ORIGINAL_SIZE}; "
+                f"expected at least {MIN_CELL_SIDE} a side, at most {MAX_CELL_ASPECT:g}:1 and {MAX_CELL_PIXELS:,} pixels)"
+            )
+        yield image
+
+
 def pixel_digest(image: Image.Image) -> str:
     """A hash of the picture itself (size and 8-bit RGB pixels), whatever the container: a BMP, a PNG and a
     lossless WebP of one cell have one digest."""
@@ -68,12 +112,12 @@ def read_cell(path, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -> t
     the same check for ``allkit data check`` and for the cache."""
     with open(path, "rb") as handle:
         payload = handle.read()
-    try:
-        with Image.open(io.BytesIO(payload)) as image:
+    with open_cell(io.BytesIO(payload), path) as image:
+        try:
             image.load()
             return decode_cell(image, size, crop_ratio), pixel_digest(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # Pillow's many ways to fail
-        raise DataError(f"{path}: not a readable image ({err})") from err
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # Pillow's many ways to fail
+            raise DataError(f"{path}: not a readable image ({err})") from err
 
 
 def _file_key(path) -> str:
@@ -99,11 +143,11 @@ def pixel_digests(paths, *, progress: bool = True, folder=None) -> dict[str, str
     if todo:
 
         def digest(path: str) -> str:
-            try:
-                with Image.open(path) as image:
+            with open_cell(path) as image:
+                try:
                     return pixel_digest(image)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-                raise DataError(f"{path}: not a readable image ({err}); remove or replace the file") from None
+                except (OSError, SyntaxError, ValueError) as err:
+                    raise DataError(f"{path}: not a readable image ({err}); remove or replace the file") from None
 
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             done = tqdm(
@@ -118,10 +162,7 @@ def pixel_digests(paths, *, progress: bool = True, folder=None) -> dict[str, str
 def decode_cell(image, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -> np.ndarray:
     """One cell (a PIL image or a path) → uint8 ``(size, size, 3)``: RGB, square centre crop of
     ``crop_ratio`` × the shorter side (448/450: the paper's CenterCrop(448)), bilinear resize to ``size``."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ConfigError(f"size={size!r}; expected a positive number of pixels")
-    if not 0 < crop_ratio <= 1:
-        raise ConfigError(f"crop_ratio={crop_ratio!r}; expected a fraction in (0, 1]")
+    check_preprocessing(size, crop_ratio)
     if not isinstance(image, Image.Image):
         return read_cell(image, size, crop_ratio)[0]
     image = to_rgb(image)
@@ -185,7 +226,7 @@ def build_cache(
     if len(frame) == 0:
         raise DataError("cannot cache zero cells: the frame is empty")
     frame = frame.reset_index(drop=True)
-    decode_cell(Image.new("RGB", (1, 1)), size, crop_ratio)  # checks size and crop_ratio
+    check_preprocessing(size, crop_ratio)
     folder = Path(folder) if folder is not None else cache_dir() / "cells"
     try:
         key = _key(frame, size, crop_ratio)

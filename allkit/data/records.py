@@ -36,6 +36,7 @@ class CNMC:
     unlabelled: list[str] = field(default_factory=list)
     synthetic: bool = False
     notes: list[str] = field(default_factory=list)
+    uncounted: list[str] = field(default_factory=list)  # image files under the root that are no record
 
     def summary(self) -> pd.DataFrame:
         return summarize(self.frame)
@@ -98,17 +99,24 @@ def find_cnmc_root(root, max_depth: int = 4) -> tuple[Path, str]:
     )
 
 
-def _images(folder: Path) -> list[Path]:
+def _is_image(path: Path) -> bool:
     extensions = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return path.suffix.lower() in extensions and not path.name.startswith(".") and path.name.lower() not in _STRAY
+
+
+def _uncounted(cnmc: Path, counted: set[str]) -> list[str]:
+    """Image files under ``cnmc`` that are no record: deeper than a class folder, beside the folds, in a folder
+    that is no class, or a preliminary image its labels CSV does not list."""
+    return sorted(
+        str(p)
+        for p in cnmc.rglob("*")
+        if _is_image(p) and str(p) not in counted and p.is_file() and not any(s.startswith(".") for s in p.parts)
+    )
+
+
+def _images(folder: Path) -> list[Path]:
     try:
-        return sorted(
-            p
-            for p in folder.iterdir()
-            if p.suffix.lower() in extensions
-            and p.is_file()
-            and not p.name.startswith(".")
-            and p.name.lower() not in _STRAY
-        )
+        return sorted(p for p in folder.iterdir() if _is_image(p) and p.is_file())
     except OSError as err:
         raise DataError(f"cannot list {folder}: {err.strerror or err}") from None
 
@@ -168,6 +176,8 @@ def _prelim(cnmc: Path) -> list[dict]:
                 f"{csv} line {line}: Patient_ID {patient!r} does not follow "
                 f"UID_<subject>_<image>_<cell>_<all|hem> with the class of label {label}"
             )
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise DataError(f"{csv} line {line}: new_names {name!r} is not a file name in {images}; refused")
         if name in seen:
             raise DataError(f"{csv} lines {seen[name]} and {line} both list {name!r}; expected each image once")
         seen[name] = line
@@ -201,12 +211,14 @@ def load_cnmc(root, *, allow_unknown_subjects: bool = False, include_prelim: boo
     class of its folder, no image is listed twice, no subject has cells of both classes, both classes are
     present. Pixels are decoded (and unreadable images reported) when the cache is built."""
     cnmc, layout = find_cnmc_root(root)
-    rows, unlabelled = [], []
+    rows, unlabelled, skipped = [], [], set()
     if layout == "full":
         training = cnmc / "training_data"
         for fold in _subdirs(training) if training.is_dir() else []:
             rows += _class_folders(fold, fold.name, allow_unknown_subjects)
         rows += _prelim(cnmc) if include_prelim else []
+        prelim_dir = cnmc / "validation_data" / PRELIM_DIR
+        skipped = set() if include_prelim or not prelim_dir.is_dir() else {str(p) for p in _images(prelim_dir)}
         final = cnmc / "testing_data" / FINAL_DIR
         unlabelled = [str(p) for p in _images(final)] if final.is_dir() else []
     elif layout == "training":
@@ -216,14 +228,20 @@ def load_cnmc(root, *, allow_unknown_subjects: bool = False, include_prelim: boo
         rows += _class_folders(cnmc, cnmc.name if layout == "fold" else "-", allow_unknown_subjects)
     if not rows:
         raise DataError(f"no images in {cnmc} (layout {layout!r}); expected image files in all/ and hem/")
+    uncounted = _uncounted(cnmc, {str(r["path"]) for r in rows} | set(unlabelled) | skipped)
     frame = pd.DataFrame(rows)
     frame["path"] = frame["path"].map(str)
     frame["label"] = frame["class_name"].map(CLASS_TO_LABEL).astype("int64")
     frame = frame[COLUMNS]
     _check(frame, cnmc)
-    data = CNMC(cnmc, layout, frame, unlabelled, _is_synthetic(cnmc))
+    data = CNMC(cnmc, layout, frame, unlabelled, _is_synthetic(cnmc), uncounted=uncounted)
     if not data.synthetic:
         data.notes = compare_with_release(data)
+    if uncounted:
+        data.notes.append(
+            f"{len(uncounted)} image(s) under {cnmc} are not counted (not directly in a fold's all/ or hem/, or "
+            f"not listed in the preliminary labels CSV), e.g. {uncounted[0]}"
+        )
     return data
 
 
@@ -231,9 +249,10 @@ def _check(frame: pd.DataFrame, cnmc: Path) -> None:
     stems = frame["path"].map(lambda p: Path(p).stem.lower())
     twice = frame[stems.duplicated(keep=False) & frame["fold"].ne("prelim")]
     if len(twice):
+        first = twice[stems[twice.index] == stems[twice.index[0]]]["path"]
         raise DataError(
-            f"the same cell is stored twice: {' and '.join(twice['path'].head(2))}; expected each "
-            "image in one fold only"
+            f"the cell {Path(first.iloc[0]).stem} is stored twice: {' and '.join(first.head(2))}; expected each "
+            "image in one fold only (a copy of a fold beside it?)"
         )
     classes = frame.groupby("subject")["label"].nunique()
     if (classes > 1).any():
@@ -258,4 +277,8 @@ def compare_with_release(data: CNMC) -> list[str]:
     n_prelim = int((frame["fold"] == "prelim").sum())
     if n_prelim and n_prelim != EXPECTED_COUNTS["prelim"]:
         notes.append(f"the preliminary test set has {n_prelim} images; the release has {EXPECTED_COUNTS['prelim']}")
+    if data.layout == "full" and len(data.unlabelled) != EXPECTED_COUNTS["final"]:
+        notes.append(
+            f"the final test set has {len(data.unlabelled)} images; the release has {EXPECTED_COUNTS['final']}"
+        )
     return notes

@@ -55,7 +55,9 @@ def check_report(path=None, *, deep: bool = True, allow_unknown_subjects: bool =
     root, source = data_root(path)
     data = load_cnmc(root, allow_unknown_subjects=allow_unknown_subjects)
     frame = data.frame
-    bad, digests = _decode_all(frame["path"].tolist(), progress) if deep else ([], {})
+    # The unlabelled final test set is decoded too (a damaged file there fails a submission later).
+    bad, digests = _decode_all(frame["path"].tolist() + data.unlabelled, progress) if deep else ([], {})
+    digests = {path: digests[path] for path in frame["path"] if path in digests}  # copies: labelled cells only
     parts = frame.assign(part=frame["fold"].where(frame["fold"] == "prelim", "training"))
     leakage = [
         {"subject": s, "parts": sorted(p)} for s, p in parts.groupby("subject")["part"].unique().items() if len(p) > 1
@@ -78,7 +80,8 @@ def check_report(path=None, *, deep: bool = True, allow_unknown_subjects: bool =
         shared = [g for g in across if str(where.loc[g[0], "subject"]) in members]
         folds = sorted({str(where.loc[f, "fold"]) for g in shared for f in g})
         copies.append({"subjects": name, "folds": folds, "pictures": n, "example": shared[0]})
-    per_class = frame.groupby("class_name")
+    training, prelim = frame[frame["fold"] != "prelim"], frame[frame["fold"] == "prelim"]
+    per_class = training.groupby("class_name")  # the training set; the preliminary test set apart
     images = {name: int(per_class.size().get(name, 0)) for name in ("ALL", "HEM")}
     notes = list(data.notes)
     if len(duplicates) > len(across):
@@ -100,7 +103,12 @@ def check_report(path=None, *, deep: bool = True, allow_unknown_subjects: bool =
         "fingerprint": fingerprint(data),
         "images": images,
         "subjects": {n: int(per_class["subject"].nunique().get(n, 0)) for n in ("ALL", "HEM")},
+        "prelim": {
+            "images": {n: int((prelim["class_name"] == n).sum()) for n in ("ALL", "HEM")},
+            "subjects": {n: int(prelim.loc[prelim["class_name"] == n, "subject"].nunique()) for n in ("ALL", "HEM")},
+        },
         "unlabelled": len(data.unlabelled),
+        "uncounted": data.uncounted,
         "per_split": [
             {k: (int(v) if k in ("images", "subjects") else v) for k, v in row.items()}
             for row in data.summary().to_dict("records")
@@ -111,5 +119,5 @@ def check_report(path=None, *, deep: bool = True, allow_unknown_subjects: bool =
         "leakage": leakage,
         "notes": notes,
         "decoded": deep,
-        "usable": bool(images["ALL"] and images["HEM"] and not leakage and not bad),
+        "usable": bool(frame["label"].nunique() == 2 and not leakage and not bad),
     }

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import lzma
+import os
+import shutil
 import tarfile
+import tempfile
 import zipfile
+import zlib
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 try:  # an optional extra: pip install "allkit[download]"
     import kagglehub
@@ -13,6 +20,7 @@ except ImportError:  # pragma: no cover - exercised only where the extra is miss
 
 from allkit.data import load_cnmc
 from allkit.errors import DataError
+from allkit.files import sweep_stale
 
 KAGGLE_HANDLE = "andrewmvd/leukemia-classification"
 MANUAL_STEPS = """\
@@ -30,27 +38,110 @@ def _inside(base: Path, target: Path) -> bool:
     return target == base or base in target.parents
 
 
-def safe_extract(archive: str | Path, dest: str | Path) -> Path:
-    """Unpack a .zip or .tar(.gz) refusing absolute paths, ``..`` escapes and links out of ``dest``."""
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_S_IFLNK, _CHUNK = 0o120000, 1 << 20
+
+
+def _zip_members(archive: Path, zf: zipfile.ZipFile, dest: Path) -> list[tuple[str, int]]:
+    """``(name, stated size)`` of each file member, every member checked before anything is written."""
+    members = []
+    for info in zf.infolist():
+        where = f"{archive}: member {info.filename!r}"
+        if not _inside(dest, dest / info.filename) or Path(info.filename).is_absolute():
+            raise DataError(f"{where} would be written outside {dest}; refused")
+        if (info.external_attr >> 16) & 0o170000 == _S_IFLNK:
+            raise DataError(f"{where} is a symbolic link; refused (C-NMC holds only images and a CSV)")
+        if info.flag_bits & 0x1:
+            raise DataError(f"{where} is encrypted; expected the unencrypted Kaggle/TCIA download")
+        if info.compress_type not in _ZIP_METHODS:
+            raise DataError(
+                f"{where} uses compression method {info.compress_type}, which Python cannot unpack; unpack it "
+                "with another tool, or download the archive again"
+            )
+        if not info.is_dir():
+            members.append((info.filename, info.file_size))
+    return members
+
+
+def _tar_members(archive: Path, tf: tarfile.TarFile, dest: Path) -> list[tuple[str, int]]:
+    """As :func:`_zip_members`, for a tar archive (reading its index reads it whole: a truncated one fails)."""
+    members = []
+    for info in tf.getmembers():
+        where = f"{archive}: member {info.name!r}"
+        if not _inside(dest, dest / info.name) or Path(info.name).is_absolute():
+            raise DataError(f"{where} would be written outside {dest}; refused")
+        if info.issym() or info.islnk() or not (info.isfile() or info.isdir()):
+            raise DataError(f"{where} is a link or a special file; refused (C-NMC holds only images and a CSV)")
+        if info.isfile():
+            members.append((info.name, info.size))
+    return members
+
+
+def safe_extract(archive: str | Path, dest: str | Path, *, progress: bool = True) -> Path:
+    """Unpack a .zip or .tar(.gz) into ``dest``, all or nothing. Refused before anything is written: absolute
+    paths, ``..`` escapes, links, encrypted or unsupported members, and a total unpacked size larger than the
+    free space. A damaged member (bad CRC, truncated archive) is one :class:`DataError` naming the archive and
+    the member. Members are unpacked into a staging folder inside ``dest`` and moved into place only when all
+    are complete; an entry already in ``dest`` is never replaced."""
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
         raise DataError(f"archive {str(archive)!r} does not exist")
     dest.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for member in zf.infolist():
-                if not _inside(dest, dest / member.filename):
-                    raise DataError(f"{archive}: member {member.filename!r} would be written outside {dest}; refused")
-            zf.extractall(dest)
-        return dest
-    if tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            try:
-                tf.extractall(dest, filter="data")  # refuses absolute paths, escapes and unsafe links
-            except tarfile.FilterError as exc:
-                raise DataError(f"{archive}: {exc}; refused") from None
-        return dest
-    raise DataError(f"{archive}: not a zip or tar archive; expected the Kaggle/TCIA download")
+    sweep_stale(dest, "extract")
+    try:
+        if zipfile.is_zipfile(archive):
+            opened = zipfile.ZipFile(archive)
+            members = _zip_members(archive, opened, dest)
+        elif tarfile.is_tarfile(archive):
+            opened = tarfile.open(archive)
+            members = _tar_members(archive, opened, dest)
+        else:
+            raise DataError(f"{archive}: not a zip or tar archive; expected the Kaggle/TCIA download")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+        raise DataError(f"{archive}: damaged or truncated archive ({err}); download it again") from None
+    with opened:
+        needed, free = sum(size for _, size in members), shutil.disk_usage(dest).free
+        if needed > free:
+            raise DataError(
+                f"{archive} unpacks to {needed / 2**30:.2f} GiB but {dest} has {free / 2**30:.2f} GiB free; free "
+                "some space or choose another --dest"
+            )
+        top = sorted({Path(name).parts[0] for name, _ in members if Path(name).parts})
+        taken = [name for name in top if (dest / name).exists()]
+        if taken:
+            raise DataError(f"{dest / taken[0]} already exists; remove it or choose another --dest")
+        staging = Path(tempfile.mkdtemp(prefix=f".extract.{os.getpid()}.", dir=dest))
+        try:
+            bar = tqdm(
+                total=needed,
+                unit="B",
+                unit_scale=True,
+                desc=f"Unpacking {archive.name}",
+                disable=not progress,
+                leave=False,
+            )
+            with bar:
+                for name, size in members:
+                    where = f"{archive}: member {name!r}"
+                    try:
+                        if isinstance(opened, zipfile.ZipFile):
+                            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                            # zipfile reads at most the stated size and then checks the CRC: a member that would
+                            # inflate past it (a zip bomb, a damaged header) ends as BadZipFile, not a full disk
+                            with opened.open(name) as source, open(staging / name, "wb") as target:
+                                shutil.copyfileobj(source, target, _CHUNK)
+                        else:
+                            opened.extract(name, staging, filter="data")
+                    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as err:
+                        raise DataError(f"{where} is damaged ({err}); download the archive again") from None
+                    except OSError as err:
+                        raise DataError(f"{where} could not be written to {dest} ({err.strerror or err})") from None
+                    bar.update(size)
+            for name in top:
+                os.rename(staging / name, dest / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return dest
 
 
 def download_cnmc(dest: str | Path = "data", *, force: bool = False) -> Path:

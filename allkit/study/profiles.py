@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from allkit.constants import BATCH_SIZE, EPOCHS, IMAGE_SIZE, LEARNING_RATE, SEED, XGB_ETA
+from allkit.constants import BATCH_SIZE, EPOCHS, IMAGE_SIZE, LEARNING_RATE, MAX_INPUT_SIZE, SEED, XGB_ETA
 from allkit.errors import ConfigError
 
 ENV_PROFILE = "ALLKIT_PROFILE"
@@ -66,7 +66,7 @@ class Profile:
 
         checks = {
             "split": self.split in ("auto", "paper", "folds", "subject", "image"),
-            "image_size": positive(self.image_size),
+            "image_size": positive(self.image_size) and self.image_size <= MAX_INPUT_SIZE,
             "epochs": positive(self.epochs),
             "batch_size": positive(self.batch_size),
             "lr": isinstance(self.lr, (int, float)) and 0 < self.lr < 10,
@@ -78,7 +78,7 @@ class Profile:
             "xgb_estimators": positive(self.xgb_estimators),
             "val_size": fraction(self.val_size),
             "test_size": fraction(self.test_size),
-            "seed": isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
+            "seed": isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**32,
             "n_gradcam": positive(self.n_gradcam),
             "n_boot": positive(self.n_boot),
         }

@@ -193,6 +193,7 @@ def choose_backbone(profile: Profile, backbone: str | None, weights: str | None)
             f"{name}'s {chosen} weights could not be loaded here (no internet?); using {fallback} with its "
             "packaged offline ImageNet weights instead"
         )
+        print(f"allkit: {note}", file=sys.stderr)  # now, before hours of training, not only in the run card
         return build_model(fallback, "offline"), fallback, "offline", note
 
 
@@ -216,6 +217,11 @@ def prepare(
     root, source = data_root(data)
     test_root = test_data_root(test_data)
     device = select_device(device)
+    # The new head is initialised from torch's global RNG: seeded, so a profile gives the same model in
+    # every process, and the caller's RNG stream is left as it was. Chosen first: a fallback is said at once.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(profile.seed if init_seed is None else int(init_seed))
+        model, name, chosen, note = choose_backbone(profile, backbone, weights)
     cells = load_cnmc(root)
     external = None if test_root is None else load_cnmc(test_root).frame.assign(fold="external")
     if split is not None:
@@ -230,11 +236,6 @@ def prepare(
         "val": _subset(chosen_split.val, profile.max_eval_cells, profile.seed),
         "test": _subset(chosen_split.test, profile.max_eval_cells, profile.seed),
     }
-    # The new head is initialised from torch's global RNG: seeded, so a profile gives the same model in
-    # every process, and the caller's RNG stream is left as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(profile.seed if init_seed is None else int(init_seed))
-        model, name, chosen, note = choose_backbone(profile, backbone, weights)
     notes = list(cells.notes)
     native = get_backbone(name).input_size
     if name == "inception_v3" and profile.image_size < native:  # its auxiliary head needs 299 px
