@@ -18,6 +18,7 @@ from allkit.data import CellDataset, build_cache, load_cnmc
 from allkit.errors import ConfigError
 from allkit.hybrid import HybridClassifier
 from allkit.models import head
+from allkit.study.profiles import get_profile
 from allkit.study.recipes import ACROSS, RECIPES, ROBUST_CHANGES, combine
 from allkit.study.run import prepare, reproduce
 from allkit.train import load_checkpoint
@@ -307,3 +308,13 @@ def test_real_sample_with_fold_2_as_an_external_test_set(real_root, tmp_path):
     assert card["dropped_copies"].get("test", 0) > 0
     result = allkit.study.run.evaluate_folder(run.out / "model", fold_2, progress=False)
     assert result["seen_subjects"] == [] and result["n_subjects"] == len(external_people)
+
+
+def test_cells_per_person_are_capped_in_training_and_validation_only(synthetic_root):
+    profile = get_profile("ci").with_overrides(max_cells_per_subject=2, max_train_cells=10_000, max_eval_cells=10_000)
+    prepared, _ = prepare(profile, synthetic_root, backbone="efficientnet_lite0", weights="offline", progress=False)
+    for part in ("train", "val"):
+        per_person = prepared.datasets[part].frame.groupby("subject").size()
+        assert per_person.max() == 2 and per_person.index.nunique() == prepared.split.parts()[part]["subject"].nunique()
+    assert len(prepared.datasets["test"]) == len(prepared.split.test)  # the test part is scored whole
+    assert get_profile("sample").max_cells_per_subject == 80

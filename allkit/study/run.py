@@ -119,6 +119,14 @@ def has_folds(frame: pd.DataFrame) -> bool:
     return "fold_2" in folds and bool(folds & {"fold_0", "fold_1"})
 
 
+def _per_subject(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """At most ``n`` cells of each person, drawn seeded; row order kept."""
+    if n is None:
+        return frame
+    parts = [g if len(g) <= n else g.sample(n, random_state=seed) for _, g in frame.groupby("subject")]
+    return pd.concat(parts).sort_index().reset_index(drop=True) if parts else frame
+
+
 def _subset(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     """At most ``n`` cells, drawn per subject (every subject and the class ratio kept), seeded."""
     if n is None or len(frame) <= n:
@@ -231,9 +239,13 @@ def prepare(
         # Decoded once per file and remembered: which people the release files one picture under.
         digests = None if profile.split == "image" else pixel_digests(everyone["path"], progress=progress)
         chosen_split = make_split(cells.frame, profile, external, digests)
+    capped = {
+        part: _per_subject(getattr(chosen_split, part), profile.max_cells_per_subject, profile.seed)
+        for part in ("train", "val")
+    }
     frames = {
-        "train": _subset(chosen_split.train, profile.max_train_cells, profile.seed),
-        "val": _subset(chosen_split.val, profile.max_eval_cells, profile.seed),
+        "train": _subset(capped["train"], profile.max_train_cells, profile.seed),
+        "val": _subset(capped["val"], profile.max_eval_cells, profile.seed),
         "test": _subset(chosen_split.test, profile.max_eval_cells, profile.seed),
     }
     notes = list(cells.notes)
