@@ -391,7 +391,6 @@ def test_allkit_experiments_chapter_12_trains_what_chapter_12_loads(monkeypatch,
     # chapter 12 compares the paper's recipe with each single change at seed 42, then the paper's and the
     # robust recipe at three seeds; the CLI must name them exactly as the notebook does, or the notebook
     # trains them again
-    from allkit.cli import model_cmd
     from allkit.cli.main import main
     from allkit.study.recipes import ACROSS
 
@@ -401,7 +400,7 @@ def test_allkit_experiments_chapter_12_trains_what_chapter_12_loads(monkeypatch,
         trained.append(variant)
         return type("Run", (), {"history": [{"val_acc": 0.5}], "dir": Path(variant.name)})()
 
-    monkeypatch.setattr(model_cmd, "run_variant", record)
+    monkeypatch.setattr(experiments, "run_variant", record)  # the command imports it when it runs
     assert main(["experiments", "--chapter", "12", "--profile", "sample", "--quiet"]) == 0
     expected = [Variant("paper"), *(Variant(name, recipe=name) for name in ACROSS)]
     expected += [Variant(f"{r}-seed{s}", recipe=r, seed=s) for r in ("paper", "robust") for s in (43, 44)]

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import allkit.cli.model_cmd
 import allkit.study.run
 from allkit.cli.main import main
 from allkit.data import build_cache, load_cnmc
@@ -52,9 +51,8 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("work started although the output was already known to be refused")
 
-    for module in (allkit.study.run, allkit.cli.model_cmd):
-        monkeypatch.setattr(module, "prepare", refuse)
-    monkeypatch.setattr(allkit.cli.model_cmd, "load_cnn", refuse)
+    monkeypatch.setattr(allkit.study.run, "prepare", refuse)
+    monkeypatch.setattr(allkit.study.run, "load_cnn", refuse)
 
 
 def dead_pid() -> int:

@@ -2,9 +2,6 @@
 
 import json
 
-from allkit.study.data_check import check_report
-from allkit.study.download import download_cnmc, safe_extract
-
 CHECK_EXAMPLES = """\
 examples:
   allkit data check ../shared/data
@@ -86,6 +83,8 @@ def _print_report(report: dict) -> None:
 
 
 def run_check(args) -> int:
+    from allkit.study.data_check import check_report
+
     report = check_report(
         args.path, deep=not args.quick, allow_unknown_subjects=args.allow_unknown_subjects, progress=not args.json
     )
@@ -97,12 +96,16 @@ def run_check(args) -> int:
 
 
 def run_download(args) -> int:
+    from allkit.study.download import download_cnmc
+
     path = download_cnmc(args.dest, force=args.force)
     print(f"C-NMC 2019 is in {path}; use it with: export ALLKIT_DATA={path}")
     return 0
 
 
 def run_extract(args) -> int:
+    from allkit.study.download import safe_extract
+
     dest = safe_extract(args.archive, args.dest)
     print(f"unpacked into {dest}; next: allkit data check {dest}   (then: export ALLKIT_DATA={dest})")
     return 0

@@ -2,7 +2,6 @@
 
 import json
 
-from allkit.deploy import export_saved_model
 from allkit.errors import AllkitError
 
 EXPORT_EXAMPLES = """\
@@ -58,6 +57,8 @@ def register(commands, formatter) -> None:
 
 
 def run_export(args) -> int:
+    from allkit.deploy import export_saved_model
+
     if not args.onnx:
         raise AllkitError("choose an export format: --onnx (the only one so far)")
     if args.calibration and (not args.int8 or args.int8_mode != "static"):

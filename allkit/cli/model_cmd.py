@@ -1,32 +1,14 @@
-"""``allkit reproduce | train | fit-hybrid | evaluate | experiments | gradcam``: thin wrappers over the study layer."""
+"""``allkit reproduce | train | fit-hybrid | evaluate | experiments | gradcam``: thin wrappers over the study layer.
+Registering the commands imports nothing heavy (``allkit --help`` answers at once); each handler imports what it
+runs."""
 
 import argparse
 import json
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from allkit.hybrid import HybridClassifier
-from allkit.study.across_study import across_variants
-from allkit.study.experiments import run_variant, study_variants
-from allkit.study.heatmaps import gradcam_files, save_overlays
 from allkit.study.profiles import PROFILES, get_profile
-from allkit.study.recipe_study import study_seeds
 from allkit.study.recipes import RECIPES
-from allkit.study.run import (
-    cnn_inputs,
-    evaluate_folder,
-    finetune,
-    fit_hybrid,
-    load_cnn,
-    prepare,
-    reproduce,
-    run_inputs,
-    save_cnn,
-    with_recipe,
-    writing,
-)
 
 REPRODUCE_EXAMPLES = """\
 examples:
@@ -173,6 +155,8 @@ def register(commands, formatter) -> None:
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
+    import pandas as pd
+
     print(
         f"\n{title}: accuracy {metrics['accuracy']:.3f} "
         f"(95% CI {metrics['ci']['accuracy']['low']:.3f}-{metrics['ci']['accuracy']['high']:.3f}, "
@@ -182,6 +166,8 @@ def _print_metrics(title: str, metrics: dict) -> None:
 
 
 def run_reproduce(args) -> int:
+    from allkit.study.run import reproduce
+
     run = reproduce(
         args.profile,
         args.data,
@@ -207,6 +193,8 @@ def run_reproduce(args) -> int:
 
 
 def run_train(args) -> int:
+    from allkit.study.run import finetune, prepare, run_inputs, save_cnn, with_recipe, writing
+
     profile = with_recipe(args.profile, args.recipe)
     if args.epochs is not None:
         profile = profile.with_overrides(epochs=args.epochs)
@@ -235,6 +223,8 @@ def run_train(args) -> int:
 
 
 def run_fit_hybrid(args) -> int:
+    from allkit.study.run import cnn_inputs, fit_hybrid, load_cnn, writing
+
     out = Path(args.out) if args.out else Path(args.cnn) / "model"
     with writing(out, overwrite=args.overwrite, inputs=cnn_inputs(args.cnn)) as staging:
         prepared, model, recipe = load_cnn(args.cnn, progress=not args.quiet)
@@ -250,6 +240,10 @@ def run_fit_hybrid(args) -> int:
 
 
 def run_evaluate(args) -> int:
+    import pandas as pd
+
+    from allkit.study.run import evaluate_folder
+
     result = evaluate_folder(
         args.model, args.data, allow_unknown_subjects=args.allow_unknown_subjects, progress=not args.json
     )
@@ -285,6 +279,10 @@ def run_evaluate(args) -> int:
 
 def experiment_variants(chapter: str, profile) -> list:
     """The fine-tunes ``allkit experiments --chapter`` trains, each once (chapters share the paper's)."""
+    from allkit.study.across_study import across_variants
+    from allkit.study.experiments import study_variants
+    from allkit.study.recipe_study import study_seeds
+
     variants = []
     if chapter in ("9-11", "all"):
         variants += study_variants(seeds=study_seeds(profile))
@@ -294,6 +292,8 @@ def experiment_variants(chapter: str, profile) -> list:
 
 
 def run_experiments(args) -> int:
+    from allkit.study.experiments import run_variant
+
     profile = get_profile(args.profile)
     variants = experiment_variants(args.chapter, profile)
     for i, variant in enumerate(variants, 1):
@@ -304,6 +304,9 @@ def run_experiments(args) -> int:
 
 
 def run_gradcam(args) -> int:
+    from allkit.hybrid import HybridClassifier
+    from allkit.study.heatmaps import gradcam_files, save_overlays
+
     hybrid = HybridClassifier.load(args.model)
     target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     result = gradcam_files(hybrid, args.images, target)
@@ -313,8 +316,10 @@ def run_gradcam(args) -> int:
     return 0
 
 
-def format_table2(table: pd.DataFrame, decimals: int = 2) -> str:
+def format_table2(table, decimals: int = 2) -> str:
     """Table 2 (:func:`allkit.metrics.classification_table`) as Markdown, rounded like the paper."""
+    import pandas as pd
+
     lines = ["| | precision | recall | f1-score | support |", "|:--|--:|--:|--:|--:|"]
     for name, row in table[["precision", "recall", "f1-score", "support"]].iterrows():
         cells = [

@@ -23,8 +23,6 @@ import os
 import sys
 from dataclasses import asdict, dataclass, replace
 
-import torch
-
 from allkit.constants import BATCH_SIZE, EPOCHS, IMAGE_SIZE, LEARNING_RATE, MAX_INPUT_SIZE, SEED, XGB_ETA
 from allkit.errors import ConfigError
 
@@ -120,6 +118,8 @@ PROFILES = {
 
 def default_profile() -> str:
     """``paper`` on Colab with a GPU (what the book is meant to run there), else ``sample``."""
+    import torch  # here, not at the top: `allkit --help` must not wait for torch
+
     return "paper" if "google.colab" in sys.modules and torch.cuda.is_available() else "sample"
 
 

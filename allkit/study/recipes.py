@@ -29,8 +29,6 @@ from dataclasses import asdict, dataclass, replace
 
 from allkit.constants import FLIP_PROBABILITY, LEARNING_RATE, ROTATION_DEGREES
 from allkit.errors import ConfigError
-from allkit.study.across import StainAugment
-from allkit.transforms import BatchAugment
 
 THRESHOLDS = ("argmax", "validation")
 
@@ -73,6 +71,9 @@ class Recipe:
 
     def trainer_kwargs(self) -> dict:
         """Keyword arguments of :class:`allkit.train.Trainer` this recipe sets (not normalisation)."""
+        from allkit.study.across import StainAugment  # torch and scikit-image: only when a run is built
+        from allkit.transforms import BatchAugment
+
         paper_augment = self.flip_probability == FLIP_PROBABILITY and self.rotation_degrees == ROTATION_DEGREES
         augment = (
             True
