@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: all setup book data-check test lint bench clean-book notebooks
+.PHONY: all setup book data-check test test-fast lint bench clean-book notebooks
 
 all: book
 
@@ -39,6 +39,10 @@ test: setup
 	ALLKIT_PROFILE=ci ALLKIT_RUNS=$(CURDIR)/.cache/nbval-runs $(PY) -m pytest tests notebooks \
 		--nbval-lax --nbval-current-env $$sanitize -p no:cacheprovider
 
+# The unit tests without the end-to-end ones (marked slow): for the edit-test loop. CI runs `make test`.
+test-fast: setup
+	ALLKIT_PROFILE=ci $(PY) -m pytest tests -m "not slow" --deselect tests/test_book.py -p no:cacheprovider -q
+
 # Regenerate the committed notebook outputs (the book renders them): the `sample` profile by default,
 # on ALLKIT_DATA (the real C-NMC folds in ../shared/data for the published book). Reuses runs/<profile>/ when present.
 NOTEBOOK_PROFILE ?= sample
@@ -52,6 +56,7 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/startup.py
 
 clean-book:
 	rm -rf _build

@@ -77,3 +77,10 @@ def real_root() -> Path:
     if not REAL_DATA or not (Path(REAL_DATA) / "C-NMC_Leukemia").is_dir():
         pytest.skip("real C-NMC cells not available (set ALLKIT_DATA=../shared/data)")
     return Path(REAL_DATA)
+
+
+def pytest_collection_modifyitems(items):
+    # `-m real` selects the tests on the real cells (they skip without ALLKIT_DATA), `-m "not slow"` the fast ones
+    for item in items:
+        if "real_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real)

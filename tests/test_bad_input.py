@@ -140,6 +140,7 @@ def test_the_releases_size_and_ordinary_variations_are_cells(tmp_path):
 # ---------------------------------------------------------------------------------------- models and settings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "payload, words",
     [
@@ -156,6 +157,7 @@ def test_a_damaged_xgboost_file_is_one_line_naming_it(model, tmp_path, capsys, p
     one_line_error(code, err, *words)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [100_000, 0, "224"])
 def test_a_preprocessing_size_out_of_range_is_refused_before_any_allocation(model, tmp_path, capsys, size):
     root, saved = model
@@ -179,6 +181,7 @@ def test_a_seed_out_of_range_is_refused_where_it_is_read(seed):
         Profile(name="x", seed=seed)
 
 
+@pytest.mark.slow
 def test_a_seed_out_of_range_in_train_json_is_one_line(data, tmp_path, capsys):
     cnn = tmp_path / "cnn"
     code, _, _ = cli(["train", "--profile", "ci", "--data", data, "--out", cnn, "--quiet", *OFFLINE], capsys)

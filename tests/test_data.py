@@ -591,6 +591,7 @@ def release_counts(root: Path) -> tuple[dict, dict]:
     return images, people
 
 
+@pytest.mark.slow
 def test_real_sample_counts(real_root, capsys):
     code, out, _ = run_cli(["data", "check", str(real_root), "--json", "--quick"], capsys)
     report = json.loads(out)
@@ -600,6 +601,7 @@ def test_real_sample_counts(real_root, capsys):
     assert report["leakage"] == [] and not report["synthetic"]
 
 
+@pytest.mark.slow
 def test_real_sample_split_and_cache(real_root, tmp_path):
     frame = load_cnmc(real_root).frame
     _, people = release_counts(real_root)
@@ -615,6 +617,7 @@ def test_real_sample_split_and_cache(real_root, tmp_path):
             assert np.array_equal(pixels(cache, sample.iloc[[i]])[0], decode_cell(image, size=224))
 
 
+@pytest.mark.slow
 def test_real_release_copies_found_across_containers(real_root, capsys):
     """The release files some pictures under two people, across PNG (fold 1) and WebP (folds 0, 2): data check
     finds them by their pixels, names the groups, and the data stays usable; the folds split drops them from

@@ -248,6 +248,7 @@ def test_missing_packages_give_the_install_hint(lite, lite_onnx, tmp_path, monke
         export_onnx(lite, "efficientnet_lite0", tmp_path / "x.onnx", image_size=SIZE)
 
 
+@pytest.mark.slow
 def test_allkit_imports_without_the_onnx_extra():
     # None in sys.modules makes `import onnx` fail as if the package were not installed
     code = (
@@ -262,6 +263,7 @@ def test_allkit_imports_without_the_onnx_extra():
 # ------------------------------------------------------------------------------------------------ int8
 
 
+@pytest.mark.slow
 def test_static_int8_is_close_to_fp32_and_smaller(data, lite, lite_onnx, tmp_path):
     int8 = quantize_onnx(
         lite_onnx, tmp_path / "lite.int8.onnx", mode="static", calibration=data["train"], n_calibration=12
@@ -308,6 +310,7 @@ def test_int8_refusals(lite_onnx, data, tmp_path):
 # ------------------------------------------------------------------------------------ saved model, CLI
 
 
+@pytest.mark.slow
 def test_export_saved_model(saved, data, tmp_path):
     result = export_saved_model(
         saved, tmp_path / "m.onnx", int8=True, calibration=data["train"], n_calibration=8, check=data["test"], threads=1
@@ -324,6 +327,7 @@ def test_export_saved_model(saved, data, tmp_path):
         export_saved_model(saved, tmp_path / "c.onnx", check=CellDataset(bigger, data["test"].frame))
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(saved, data, tmp_path, capsys):
     out = tmp_path / "deploy" / "model.onnx"
     paths = ["--model", str(saved), "--out", str(out), "--calibration", str(data["root"]), "--check", str(data["fold"])]
@@ -374,6 +378,7 @@ def test_measure_latency_counts_and_stops():
     assert capped["median_ms"] >= 9.0
 
 
+@pytest.mark.slow
 def test_deployment_report_small(saved, data, tmp_path):
     kwargs = {
         "image_size": SIZE,

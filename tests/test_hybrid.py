@@ -209,6 +209,7 @@ def test_threshold_moves_the_decision_survives_save_and_is_checked(data, lite_hy
         shifted.set_params(threshold=1.5).predict(data["test"])
 
 
+@pytest.mark.slow
 def test_tta_averages_the_8_dihedral_views(data, lite_hybrid, tmp_path):
     tta = copy.deepcopy(lite_hybrid).set_params(tta=True)
     views = [lite_hybrid.xgb_.predict_proba(lite_hybrid.transform(data["test"], view)) for view in range(8)]

@@ -238,6 +238,7 @@ def installed(tmp_path):
         path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
+@pytest.mark.slow
 def test_paths_resolve_outside_the_installed_package(installed, tmp_path):
     work, home, xdg = tmp_path / "work", tmp_path / "home", tmp_path / "xdg-cache"
     for folder in (work, home):

@@ -115,6 +115,7 @@ def test_export_cannot_write_over_the_model(tmp_path, capsys):
     assert (model / "cnn.pt").read_bytes() == b"the weights"
 
 
+@pytest.mark.slow
 def test_a_run_leaves_no_lock_file_and_marks_its_folder(data, tmp_path, capsys):
     out = tmp_path / "runs" / "ci"
     code, _, _ = cli(["reproduce", "--profile", "ci", "--data", data, "--out", out, "--quiet", *OFFLINE], capsys)
@@ -126,6 +127,7 @@ def test_a_run_leaves_no_lock_file_and_marks_its_folder(data, tmp_path, capsys):
     assert code == 0 and [p.name for p in out.parent.iterdir()] == ["ci"]
 
 
+@pytest.mark.slow
 def test_sigterm_cleans_up_like_ctrl_c(data, tmp_path):
     runs, cache = tmp_path / "runs", tmp_path / "cache"
     env = {**os.environ, "ALLKIT_CACHE": str(cache), "OMP_NUM_THREADS": "1"}

@@ -148,6 +148,7 @@ def test_inception_gets_its_299_px_input_and_random_weights_on_request(synthetic
     assert prepared.datasets["train"][0][0].shape == (3, 299, 299)
 
 
+@pytest.mark.slow
 def test_real_sample_learns_on_folds_0_1_and_tests_on_fold_2(real_root, tmp_path):
     """The ci profile on the real cells: offline Lite0 fine-tuned 1 epoch on 240 cells of the folds 0-1 training
     people, XGBoost, then the test part: fold 2's people, none of whom any step has seen, without the pictures the
@@ -190,6 +191,7 @@ def reproduce_with_recipe(recipe, synthetic_root, tmp_path, capsys):
     return out, json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_reproduce_with_the_improved_recipe(synthetic_root, tmp_path, capsys):
     out, metrics = reproduce_with_recipe("improved", synthetic_root, tmp_path, capsys)
     assert metrics["recipe"]["name"] == "improved" and metrics["run_card"]["recipe"] == "improved"
@@ -208,6 +210,7 @@ def test_reproduce_with_the_improved_recipe(synthetic_root, tmp_path, capsys):
     assert cm.sum() == metrics["run_card"]["counts"]["test"]["cells"]
 
 
+@pytest.mark.slow
 def test_reproduce_with_the_robust_recipe(synthetic_root, tmp_path, capsys):
     out, metrics = reproduce_with_recipe("robust", synthetic_root, tmp_path, capsys)
     assert metrics["recipe"] == RECIPES["robust"].to_dict() and metrics["run_card"]["recipe"] == "robust"
@@ -230,6 +233,7 @@ def test_robust_is_the_paper_recipe_with_the_chosen_changes():
         combine(["across-everything"])
 
 
+@pytest.mark.slow
 def test_train_with_a_recipe_then_fit_hybrid_keeps_its_tta_and_threshold(synthetic_root, tmp_path, capsys, monkeypatch):
     code, _, _ = run_cli(
         [
@@ -281,6 +285,7 @@ def test_prepare_seeds_the_new_head(synthetic_root):
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
+@pytest.mark.slow
 def test_real_sample_with_fold_2_as_an_external_test_set(real_root, tmp_path):
     """--test-data: folds 0-1 as the data (split by subject into training and validation), fold 2's folder as
     the test set of other people; the pictures fold 2 shares with folds 0-1 leave the test part, and `allkit

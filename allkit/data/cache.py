@@ -121,8 +121,8 @@ def read_cell(path, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -> t
 
 
 def _file_key(path) -> str:
-    st = os.stat(path)
-    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    st = os.stat(path)  # the real path: a file reached through a link is not decoded twice
+    return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def pixel_digests(paths, *, progress: bool = True, folder=None) -> dict[str, str]:
