@@ -34,7 +34,7 @@ import pandas as pd  # noqa: E402
 from allkit.deploy import DEPLOY_BACKBONES, deployment_report, summary_table  # noqa: E402
 from allkit.errors import AllkitError  # noqa: E402
 from allkit.files import write_json  # noqa: E402
-from allkit.study.perf import speed_up  # noqa: E402
+from allkit.perf import speed_up  # noqa: E402
 from allkit.study.run import load_run, rebuild_prepared  # noqa: E402
 
 

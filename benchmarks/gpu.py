@@ -38,7 +38,7 @@ from allkit.data import CellDataset, build_cache, load_cnmc
 from allkit.device import select_device
 from allkit.inference import predict
 from allkit.models import PooledFeatures, build_model
-from allkit.study.perf import speed_up
+from allkit.perf import speed_up
 from allkit.study.run import reproduce
 from allkit.study.workspace import data_root
 from allkit.train import Trainer

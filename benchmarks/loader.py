@@ -23,7 +23,7 @@ from torchvision import transforms as T
 
 from allkit.constants import BATCH_SIZE, CROP_SIZE, FLIP_PROBABILITY, IMAGE_SIZE, ROTATION_DEGREES
 from allkit.data import CellDataset, build_cache, load_cnmc, make_loader
-from allkit.study.perf import tune_malloc
+from allkit.perf import tune_malloc
 from allkit.study.workspace import data_root
 from allkit.transforms import BatchAugment, to_model_input
 
@@ -51,7 +51,7 @@ def authors_style(fold_dir: str, n_images: int) -> float:
 
 def allkit_style(cache, epochs: int) -> float:
     # allkit's trainer and inference keep big buffers instead of returning them to the OS after every
-    # batch (allkit.study.perf.tune_malloc); process-wide, so it runs after the authors' style was timed.
+    # batch (allkit.perf.tune_malloc); process-wide, so it runs after the authors' style was timed.
     tune_malloc()
     dataset = CellDataset(cache)
     augment = BatchAugment()

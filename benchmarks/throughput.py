@@ -9,7 +9,7 @@ warm-up batch):
 *baseline*: the model in NCHW fp32; a ``DataLoader`` reading one cell at a time from the uint8 cache
 (torchvision v2 augmentation per image for training), ``float() / 255`` and normalisation; no tuning.
 *allkit*: ``allkit.inference.predict`` (channels-last, batches read from the cache in one go) and
-``allkit.train.Trainer`` (channels-last, augmentation on whole batches), with ``allkit.study.perf.tune_malloc``
+``allkit.train.Trainer`` (channels-last, augmentation on whole batches), with ``allkit.perf.tune_malloc``
 (what every allkit entry point applies). Each variant runs in its own subprocess, so process-wide settings such as
 ``mallopt`` cannot leak into the baseline (``MALLOC_*`` / ``GLIBC_TUNABLES`` are removed from its
 environment). ``--ablation`` adds variants that switch one choice off (or on) at a time.
@@ -169,9 +169,9 @@ def run_worker(args) -> dict:
     import torch
 
     import allkit.inference
+    from allkit import perf
     from allkit.data import CellDataset
     from allkit.models import PooledFeatures
-    from allkit.study import perf
 
     options = json.loads(args.options)
     plain = args.pipeline == "plain"

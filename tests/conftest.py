@@ -11,7 +11,7 @@ import matplotlib  # noqa: E402
 import pytest  # noqa: E402
 
 from allkit.data import CellDataset, build_cache, load_cnmc  # noqa: E402
-from allkit.study.perf import torch_threads  # noqa: E402
+from allkit.perf import torch_threads  # noqa: E402
 from allkit.study.synthetic import make_synthetic_cnmc  # noqa: E402
 
 matplotlib.use("Agg")

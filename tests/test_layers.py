@@ -131,6 +131,18 @@ def test_the_core_never_imports_the_outer_layers(path):
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(set(bad))}"
 
 
+@pytest.mark.parametrize("path", sorted((PACKAGE / "deploy").glob("*.py")), ids=lambda p: p.name)
+def test_deployment_never_imports_the_study_layer(path):
+    """allkit.deploy runs a saved model; finding cells and runs is the study layer's (the CLI passes datasets)."""
+    bad = [
+        target
+        for module, names, _ in imports(path)
+        for target in allkit_targets(module, names) | {module}
+        if target.startswith(("allkit.study", "allkit.cli"))
+    ]
+    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(set(bad))}"
+
+
 def test_no_private_names_imported_across_modules():
     bad = []
     for name, path in MODULES.items():

@@ -1,5 +1,5 @@
 """allkit.train (Trainer, checkpoints, resume), allkit.inference (the one inference loop, CNN probabilities,
-evaluation), allkit.device and the study's process settings (allkit.study.perf), on a tiny CNN and small
+evaluation), allkit.device and the study's process settings (allkit.perf), on a tiny CNN and small
 synthetic cells."""
 
 import math
@@ -12,12 +12,12 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from allkit import perf
 from allkit.data import CellDataset, build_cache, load_cnmc
 from allkit.device import amp_dtype, autocast, channels_last, select_device
 from allkit.errors import AllkitError, ConfigError, ModelError
 from allkit.inference import evaluate, predict, predict_proba
 from allkit.models import build_model
-from allkit.study import perf
 from allkit.study.synthetic import make_synthetic_cnmc
 from allkit.train import (
     CHECKPOINT,
@@ -521,7 +521,7 @@ def test_predict_proba_tta_is_the_mean_over_the_8_dihedral_views(data):
 
 
 # --------------------------------------------------------------------------------------------------
-# allkit.device and allkit.study.perf
+# allkit.device and allkit.perf
 # --------------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """``allkit export --onnx``: the fine-tuned CNN of a saved model as ONNX (fp32, optionally int8)."""
 
 import json
+from pathlib import Path
 
 from allkit.errors import AllkitError
 
@@ -56,6 +57,27 @@ def register(commands, formatter) -> None:
     exp.set_defaults(handler=run_export)
 
 
+def _cells(model, data, progress: bool):
+    """Every labelled cell under the folder ``data``, cached the way the saved model's training cells were."""
+    from allkit.deploy.saved import load_hybrid
+    from allkit.study.run import folder_cells
+
+    return folder_cells(load_hybrid(model), data, allow_unknown_subjects=True, progress=progress)[1]
+
+
+def _run_training_cells(model, progress: bool):
+    """The training cells of the run the model folder belongs to (``runs/<name>/model``)."""
+    from allkit.study.run import load_run, rebuild_prepared
+
+    run_dir = Path(model).resolve().parent
+    if not (run_dir / "metrics.json").is_file():
+        raise AllkitError(
+            f"static int8 needs calibration cells: {model} is not inside a run folder (no ../metrics.json); "
+            "pass --calibration DATA (training cells) or --int8-mode dynamic"
+        )
+    return rebuild_prepared(load_run(run_dir), progress=progress).datasets.get("train")
+
+
 def run_export(args) -> int:
     from allkit.deploy import export_saved_model
 
@@ -65,15 +87,23 @@ def run_export(args) -> int:
         raise AllkitError("--calibration is only used with --int8 (static mode): dynamic int8 needs no calibration")
     if args.calibration_cells < 1:
         raise AllkitError(f"--calibration-cells {args.calibration_cells}; expected at least 1 cell to calibrate on")
+    calibration = None
+    if args.int8 and args.int8_mode == "static":
+        progress = not args.json
+        calibration = (
+            _cells(args.model, args.calibration, progress)
+            if args.calibration
+            else _run_training_cells(args.model, progress)
+        )
     result = export_saved_model(
         args.model,
         args.out,
         int8=args.int8,
         int8_mode=args.int8_mode,
-        calibration=args.calibration,
+        calibration=calibration,
         n_calibration=args.calibration_cells,
         opset=args.opset,
-        check=args.check,
+        check=_cells(args.model, args.check, not args.json) if args.check else None,
         threads=args.threads,
         progress=not args.json,
     )

@@ -20,7 +20,7 @@ class OnnxPredictor:
     """An exported model run by ONNX Runtime on the CPU (``CPUExecutionProvider``).
 
     ``threads``: intra-op threads (``None``: as many as torch uses, which allkit's entry points set to the
-    CPUs this process may use, :func:`allkit.study.perf.configure_threads`; 1 imitates a weak machine).
+    CPUs this process may use, :func:`allkit.perf.configure_threads`; 1 imitates a weak machine).
     The manifest is read and its sha256 checked against the file first (``verify``). :meth:`predict_proba`
     takes uint8 NCHW cells (as cached, 0-255), float NCHW in ``[0, 1]``, or a :class:`~allkit.data.CellDataset`
     cached at the model's image size and crop ratio.

@@ -36,7 +36,7 @@ from allkit.errors import ConfigError, ModelError
 from allkit.files import read_json, sha256_file, write_json
 from allkit.inference import model_layout, predict_proba, prepare
 from allkit.models import build_model, get_backbone
-from allkit.study.perf import torch_threads, tune_malloc
+from allkit.perf import torch_threads, tune_malloc
 
 __all__ = [
     "DEPLOY_BACKBONES",
@@ -253,7 +253,7 @@ def deployment_report(
     ``throughput_variants`` (dynamic int8, several times slower, only at batch 1 by default). With ``test``
     and a fine-tuned model: accuracy, agreement with PyTorch and max |Δp(ALL)| of each variant on all of
     ``test``. PyTorch runs as allkit's own inference does: eager, fp32, channels-last on the CPU,
-    ``torch.inference_mode``, with :func:`allkit.study.perf.tune_malloc` applied.
+    ``torch.inference_mode``, with :func:`allkit.perf.tune_malloc` applied.
 
     ``cache``: a JSON path; a report there made with the same settings and models is returned as is, else
     the new one is written there (atomically). Returns a JSON-serialisable dict: ``machine``, ``settings``,

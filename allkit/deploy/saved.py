@@ -12,9 +12,9 @@ from allkit.errors import ModelError
 from allkit.files import refuse_overlap
 from allkit.hybrid import HybridClassifier
 from allkit.inference import predict_proba
-from allkit.study.run import folder_cells, load_run, rebuild_prepared
 
 __all__ = ["ExportResult", "export_saved_model", "fitted_cells", "load_hybrid"]
+# Finding cells (a data folder, the run a model belongs to) is the study layer's: `allkit export` passes datasets.
 
 
 @dataclass
@@ -47,19 +47,6 @@ def fitted_cells(hybrid: HybridClassifier) -> tuple[int, float]:
     return int(pre.get("size") or IMAGE_SIZE), float(pre.get("crop_ratio") or CROP_RATIO)
 
 
-def _run_training_cells(model_dir: Path, progress: bool):
-    """The training cells of the run a model folder belongs to (``runs/<name>/model``), or ``None``."""
-    run_dir = model_dir.resolve().parent
-    if not (run_dir / "metrics.json").is_file():
-        return None
-    return rebuild_prepared(load_run(run_dir), progress=progress).datasets.get("train")
-
-
-def _cells(hybrid: HybridClassifier, data, progress: bool):
-    """Every labelled cell under the folder ``data``, cached the way ``hybrid``'s training cells were."""
-    return folder_cells(hybrid, data, allow_unknown_subjects=True, progress=progress)[1]
-
-
 def export_saved_model(
     model_dir,
     out,
@@ -76,10 +63,9 @@ def export_saved_model(
     """Export the fine-tuned CNN of a saved hybrid folder (``HybridClassifier.save``) to ``out``.
 
     Writes ``out`` (fp32) + ``out.json``; with ``int8`` also ``<out stem>.int8.onnx`` + manifest
-    (``int8_mode``: ``"static"``, calibrated on ``calibration``: a CellDataset, a C-NMC-layout folder, or
-    ``None`` = the training cells of the run the folder belongs to, ``runs/<name>/model``; or ``"dynamic"``).
-    If int8 quantisation fails, the fp32 model is still written and the reason is in ``int8_error``.
-    ``check``: a dataset or data folder on which ONNX and PyTorch predictions are compared
+    (``int8_mode``: ``"static"``, calibrated on ``calibration``, a CellDataset of training cells or a uint8
+    array; or ``"dynamic"``). If int8 quantisation fails, the fp32 model is still written and the reason is in
+    ``int8_error``. ``check``: a CellDataset on which ONNX and PyTorch predictions are compared
     (:func:`check_against_pytorch`; results in ``checks``). The XGBoost stage is not exported: it stays
     in the folder's ``xgboost.json``.
     """
@@ -103,22 +89,20 @@ def export_saved_model(
     if int8:
         calib = calibration
         if int8_mode == "static":
-            if calib is None:
-                calib = _run_training_cells(folder, progress)
-                if calib is None:
-                    raise ModelError(
-                        f"static int8 needs calibration cells: {folder} is not inside a run folder "
-                        "(no ../metrics.json); pass calibration= / --calibration DATA (training cells)"
-                    )
-            elif isinstance(calib, (str, os.PathLike)):
-                calib = _cells(hybrid, calib, progress)
+            if calib is None or isinstance(calib, (str, os.PathLike)):
+                raise ModelError(
+                    "static int8 needs calibration cells: pass calibration= a CellDataset of training cells "
+                    "(`allkit export --calibration DATA` makes one from a folder, or from the run MODEL belongs to)"
+                )
         try:
             result.int8 = quantize_onnx(path, mode=int8_mode, calibration=calib, n_calibration=n_calibration)
             result.int8_manifest = read_manifest(result.int8)
         except ModelError as err:
             result.int8_error = str(err)
     if check is not None:
-        dataset = _cells(hybrid, check, progress) if isinstance(check, (str, os.PathLike)) else check
+        if isinstance(check, (str, os.PathLike)):
+            raise ModelError("check= takes a CellDataset (`allkit export --check DATA` makes one from a folder)")
+        dataset = check
         check_cells(dataset, size, crop, f"{folder} was fitted on cells")
         reference = predict_proba(hybrid.cnn, dataset, normalize=hybrid.normalize, device="cpu", progress=progress)
         for label, p in (("fp32", result.onnx), ("int8", result.int8)):

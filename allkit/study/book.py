@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import allkit
+from allkit import perf
 from allkit.constants import (
     CROP_SIZE,
     FLIP_PROBABILITY,
@@ -30,7 +31,6 @@ from allkit.constants import (
 )
 from allkit.data import CNMC, load_cnmc
 from allkit.device import select_device
-from allkit.study import perf
 from allkit.study.download import download_cnmc
 from allkit.study.profiles import ENV_PROFILE, Profile, default_profile, get_profile
 from allkit.study.run import Run, describe_device, git_commit, load_run, reproduce

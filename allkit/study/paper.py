@@ -4,8 +4,6 @@ Journal of Student Research, High School Edition). Quoted to sit beside this boo
 expected values in tests.
 """
 
-import pandas as pd
-
 CITATION = "somu2024advancing"
 
 # "Once we implemented the XGBoost model on top of our EfficientNetB0 model, our accuracy increased from 81% to 85%."
@@ -48,8 +46,3 @@ FIGURES = {
     7: "Confusion matrix of the final model",
     8: "XGBoost classifier error (per boosting round)",
 }
-
-
-def table_2() -> pd.DataFrame:
-    """Table 2 as a frame (rows ALL, HEM; columns precision, recall, f1-score)."""
-    return pd.DataFrame(TABLE_2).T.rename_axis("class")

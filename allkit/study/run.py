@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 import allkit
+from allkit import perf
 from allkit.constants import CROP_RATIO, IMAGE_SIZE
 from allkit.data import (
     CellDataset,
@@ -47,7 +48,7 @@ from allkit.hybrid import HybridClassifier
 from allkit.inference import predict_proba
 from allkit.metrics import bootstrap_ci, classification_table, evaluate_with_ci, patient_level, patient_level_metrics
 from allkit.models import build_model, get_backbone
-from allkit.study import perf, plots
+from allkit.study import plots
 from allkit.study.across import balanced_frame, freeze_early_layers
 from allkit.study.calibration import choose_threshold
 from allkit.study.profiles import Profile, get_profile

@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from allkit.data import CNMC, find_cnmc_root, load_cnmc
+from allkit.data import CNMC, find_cnmc_root
 from allkit.errors import DataError
 
 ENV_DATA, ENV_RUNS, ENV_TEST_DATA = "ALLKIT_DATA", "ALLKIT_RUNS", "ALLKIT_TEST_DATA"
@@ -89,11 +89,6 @@ def test_data_root(test_data=None) -> Path | None:
     if not path.exists():
         raise DataError(f"test data {str(chosen)!r} does not exist; expected a folder of cells (all/ and hem/)")
     return path
-
-
-def open_data(root=None, **kwargs) -> CNMC:
-    """:func:`allkit.data.load_cnmc` on :func:`data_root`."""
-    return load_cnmc(data_root(root)[0], **kwargs)
 
 
 def runs_dir() -> Path:
