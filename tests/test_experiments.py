@@ -156,7 +156,17 @@ def test_image_split_is_leaky_with_the_subject_split_sizes(runs):
 
 
 def test_no_normalization_variant_trains_on_raw_pixels(runs):
-    assert runs[0]["raw"].profile.normalize is False and runs[0]["paper"].profile.normalize is True
+    """The variant's saved outputs are its CNN on raw [0, 1] pixels, not on ImageNet-normalised ones."""
+    raw = runs[0]["raw"].ensure_loaded()
+    test = raw.prepared.datasets["test"]
+    saved = raw.outputs("test")
+    on = {
+        name: features_and_logits(raw.model, raw.backbone, test, normalize=normalize, device="cpu")
+        for name, normalize in (("raw", False), ("imagenet", True))
+    }
+    assert raw.prepared.normalize is False
+    np.testing.assert_allclose(saved, on["raw"], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(saved, on["imagenet"], atol=1e-2)
 
 
 def test_bad_variants_are_refused():
@@ -258,9 +268,15 @@ def test_recipes():
         get_recipe("magic")
 
 
-def test_improved_variant_keeps_its_best_epoch(runs):
-    improved = runs[0]["improved"]
-    assert improved.meta["best_epoch"] == 1 and improved.recipe.name == "improved"
+def test_improved_variant_keeps_its_best_epoch(synthetic_root, tmp_path):
+    """With 3 epochs (1 could not tell) the improved recipe keeps the epoch of the lowest validation loss,
+    whichever it is, and records which."""
+    profile = PROFILE.with_overrides(epochs=3)
+    run = run_variant(
+        Variant("improved", recipe="improved"), profile, synthetic_root, runs_dir=tmp_path, progress=False
+    )
+    losses = [epoch["val_loss"] for epoch in run.history]
+    assert len(losses) == 3 and run.meta["best_epoch"] == int(np.argmin(losses)) + 1
 
 
 # ---------------------------------------------------------------------------------------------- studies
