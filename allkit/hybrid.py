@@ -64,7 +64,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         cnn=None,
-        backbone="efficientnet_b0",
+        backbone="auto",
         feature_source="features",
         normalize=True,
         eta=XGB_ETA,
@@ -93,8 +93,16 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         self.threshold = threshold
         self.progress = progress
 
+    @property
+    def backbone_(self) -> str:
+        """The backbone: ``backbone`` as given, or with ``"auto"`` the one :func:`allkit.models.build_model` built
+        ``cnn`` as (EfficientNet-B0 for a model it did not build)."""
+        if self.backbone != "auto":
+            return self.backbone
+        return getattr(self.cnn, "allkit_backbone", None) or "efficientnet_b0"
+
     def _check_params(self) -> None:
-        get_backbone(self.backbone)
+        get_backbone(self.backbone_)
         mean_std(self.normalize)
         if self.feature_source not in ("features", "logits"):
             raise ConfigError(f"feature_source={self.feature_source!r}; expected 'features' or 'logits'")
@@ -122,7 +130,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError("HybridClassifier(cnn=None) cannot see cells: pass the fine-tuned CNN as cnn=")
         if not isinstance(self.cnn, nn.Module):
             raise ConfigError(f"cnn must be a torch.nn.Module, got {type(self.cnn).__name__}")
-        head(self.cnn, self.backbone)
+        head(self.cnn, self.backbone_)
         fitted = getattr(self, "preprocessing_", None)
         given = {"size": cells.cache.size, "crop_ratio": round(cells.cache.crop_ratio, 6)}
         if fitted and fitted != given:
@@ -133,7 +141,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
         return extract_features(
             self.cnn,
             cells,
-            self.backbone,
+            self.backbone_,
             source=self.feature_source,
             view=view,
             batch_size=None if self.batch_size is None else int(self.batch_size),
@@ -242,8 +250,8 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
                     "format": FORMAT,
                     "version": VERSION,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "backbone": get_backbone(self.backbone).name,
-                    "cnn_outputs": head(self.cnn, self.backbone).out_features,
+                    "backbone": get_backbone(self.backbone_).name,
+                    "cnn_outputs": head(self.cnn, self.backbone_).out_features,
                     "feature_dim": int(self.n_features_in_),
                     "classes": dict(CLASS_TO_LABEL),
                     "preprocessing": getattr(self, "preprocessing_", None),
@@ -315,7 +323,7 @@ class HybridClassifier(ClassifierMixin, BaseEstimator):
                 f"{folder / XGB_FILE} is not a readable XGBoost model ({first[:200]}); save the model again"
             ) from None
         gives = (
-            head(cnn, model.backbone).in_features
+            head(cnn, model.backbone_).in_features
             if model.feature_source == "features"
             else int(manifest["cnn_outputs"])
         )

@@ -224,6 +224,7 @@ def build_model(
             ) from err
     for path in heads:
         _set_head(model, path, num_classes)
+    model.allkit_backbone = backbone.name  # what HybridClassifier(backbone="auto") reads
     return model
 
 

@@ -141,3 +141,26 @@ def test_page_in_a_real_browser(built_book, browser, page_name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{page_name.replace('/', '_')}.png"), full_page=False)
     page.close()
+
+
+def test_run_card_names_the_installed_commit_without_git(monkeypatch):
+    """Outside a checkout (a pip install from the repository, as on Colab) the run card names the commit pip
+    recorded (PEP 610's direct_url.json); with none recorded it says so instead of 'unknown'."""
+    import importlib.metadata
+
+    import allkit.study.run as run
+
+    monkeypatch.setattr(run.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no git")))
+    recorded = {"url": "https://github.com/allkit/allkit", "vcs_info": {"vcs": "git", "commit_id": "0123456789ab"}}
+
+    class Installed:
+        def __init__(self, direct):
+            self.direct = direct
+
+        def read_text(self, name):
+            return json.dumps(self.direct) if name == "direct_url.json" and self.direct else None
+
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Installed(recorded))
+    assert run.version_line().endswith("(commit 0123456)")
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Installed(None))
+    assert run.version_line().endswith("(installed, no commit recorded)")

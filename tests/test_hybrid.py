@@ -30,6 +30,7 @@ from allkit.errors import ConfigError, ModelError
 from allkit.hybrid import HybridClassifier, extract_features
 from allkit.inference import predict_proba
 from allkit.models import PooledFeatures, build_model, get_backbone
+from allkit.study.synthetic import make_synthetic_cnmc
 from allkit.transforms import to_model_input
 
 SIZE = 96
@@ -524,3 +525,20 @@ def test_backbone_own_normalisation_round_trips(data, lite_hybrid, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(data["test"]), own.predict_proba(data["test"]))
     with pytest.raises(ConfigError, match="normalize="):
         HybridClassifier(cnn=lite_hybrid.cnn, backbone="efficientnet_lite0", normalize=(1, 2)).transform(data["small"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["efficientnet_b0", "efficientnet_lite0"])
+def test_the_readme_snippet_runs_as_written(tmp_path, monkeypatch, backbone):
+    """The README's library snippet, with its comment's offline hint followed for Lite0 (B0's ImageNet weights
+    cannot be downloaded here: random ones), one short epoch, on a small synthetic tree."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = readme.split("## As a library", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    line = 'build_model("efficientnet_b0", weights="imagenet")'
+    assert line in snippet and "Trainer().fit(" in snippet
+    swap = 'build_model("efficientnet_lite0", "offline")' if backbone == "efficientnet_lite0" else f"{line[:-11]}None)"
+    snippet = snippet.replace(line, swap).replace("Trainer().fit(", "Trainer(epochs=1, max_batches=1).fit(")
+    make_synthetic_cnmc(tmp_path, seed=1, cells_per_subject=3, final_cells=0)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ALLKIT_CACHE", str(tmp_path / "cache"))
+    exec(compile(snippet.replace('load_cnmc("data")', 'load_cnmc(".")'), "README.md", "exec"), {})

@@ -282,3 +282,16 @@ def test_the_command_line_starts_without_the_heavy_libraries():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     loaded = set(json.loads(done.stdout))
     assert not loaded & {"torch", "xgboost", "pandas", "sklearn", "torchvision", "PIL"}, loaded & {"torch", "pandas"}
+
+
+def test_no_tqdm_warning_in_a_notebook_without_ipywidgets():
+    """In a Jupyter kernel without ipywidgets, tqdm.auto warns "IProgress not found" with a site-packages path
+    on a chapter's first output; importing allkit keeps that line out (the text bar is still drawn)."""
+    probe = (
+        "import sys, types, warnings; warnings.simplefilter('default'); "
+        "sys.modules['ipykernel.zmqshell'] = types.ModuleType('ipykernel.zmqshell'); "
+        "import IPython; IPython.get_ipython = lambda: types.SimpleNamespace(); sys.modules['ipywidgets'] = None; "
+        "import allkit.study.book"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0 and "IProgress" not in done.stderr, done.stderr[-2000:]

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from allkit import __version__
 from allkit.cli import data_cmd, export_cmd, model_cmd
@@ -39,8 +40,13 @@ def _terminate(signum, frame):
     raise Terminated
 
 
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    return f"allkit: warning: {message}\n"  # no source path and line: the user did not write that file
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line
     handles_signals = threading.current_thread() is threading.main_thread()  # signal() works only there
     previous = signal.signal(signal.SIGTERM, _terminate) if handles_signals else None
     try:

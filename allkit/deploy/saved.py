@@ -77,7 +77,7 @@ def export_saved_model(
     size, crop = fitted_cells(hybrid)
     path = export_onnx(
         hybrid.cnn,
-        hybrid.backbone,
+        hybrid.backbone_,
         out,
         image_size=size,
         normalize=hybrid.normalize,

@@ -15,10 +15,10 @@ import inspect
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import allkit
 from allkit import perf
 from allkit.constants import (
     CROP_SIZE,
@@ -33,11 +33,12 @@ from allkit.data import CNMC, load_cnmc
 from allkit.device import select_device
 from allkit.study.download import download_cnmc
 from allkit.study.profiles import ENV_PROFILE, Profile, default_profile, get_profile
-from allkit.study.run import Run, describe_device, git_commit, load_run, reproduce
+from allkit.study.run import Run, describe_device, load_run, reproduce, version_line
 from allkit.study.workspace import (
     ENV_DATA,
     ENV_RUNS,
     ENV_TEST_DATA,
+    SyntheticDataWarning,
     data_root,
     fingerprint,
     has_cnmc,
@@ -110,13 +111,29 @@ def _kaggle_credentials() -> None:
         kagglehub.login()
 
 
-def _maybe_download() -> None:
+def _maybe_download() -> bool:
+    """Fetch C-NMC where a chapter may (Colab, or ``ALLKIT_DOWNLOAD=1``) and none is here. Whatever stops it is
+    said in one line, and the chapter goes on with the synthetic stand-in (its run card says so). Returns
+    whether that line was printed (the synthetic banner is then not repeated)."""
     if os.environ.get(ENV_DATA) or any(f.is_dir() and has_cnmc(f) for f in local_folders("data")):
-        return
-    if on_colab() or os.environ.get("ALLKIT_DOWNLOAD") == "1":
+        return False
+    if not (on_colab() or os.environ.get("ALLKIT_DOWNLOAD") == "1"):
+        print(
+            "allkit: DATA is 'Kaggle' but no C-NMC is here and downloads happen only on Colab (set ALLKIT_DATA to "
+            "your copy, or ALLKIT_DOWNLOAD=1 with Kaggle credentials): this chapter runs on the SYNTHETIC stand-in"
+        )
+        return True
+    try:
         if on_colab():
             _kaggle_credentials()
         os.environ[ENV_DATA] = str(download_cnmc(Path.cwd() / "data"))  # kagglehub's copy: once per runtime
+    except Exception as err:  # credentials, network, quota, a damaged archive: one line, then the stand-in
+        print(
+            f"allkit: C-NMC could not be downloaded ({str(err).splitlines()[0]}): this chapter runs on the "
+            "SYNTHETIC stand-in; `allkit data download --help` gives the manual route"
+        )
+        return True
+    return False
 
 
 def _runs_on_drive() -> None:
@@ -252,7 +269,7 @@ def run_card(ctx: Context) -> dict:
         "time on a Colab T4": f"about {T4_MINUTES[ctx.notebook]} min with the paper profile (an estimate, not yet measured)"
         if ctx.notebook in T4_MINUTES
         else "unknown",
-        "allkit": f"{allkit.__version__} (commit {git_commit() or 'unknown'})",
+        "allkit": version_line(),
     }
 
 
@@ -270,12 +287,15 @@ def setup(
     chapters (and later sessions) load them instead of training again."""
     if runs_on_drive and on_colab():
         _runs_on_drive()
-    if download:
-        _maybe_download()
+    said = _maybe_download() if download and data is None else False
     perf.speed_up()
     chosen = get_profile(None if profile in (None, "", "auto") else profile)
     colab_default = profile in (None, "", "auto") and not os.environ.get(ENV_PROFILE) and default_profile() == "paper"
-    root, source = data_root(data)
+    with warnings.catch_warnings(record=True) as caught:  # printed as a line, not with workspace.py's path
+        warnings.simplefilter("always", SyntheticDataWarning)
+        root, source = data_root(data, announce=not said)
+    for warning in caught:
+        print(warning.message)
     ctx = Context(notebook, chosen, Path(root), source, load_cnmc(root), runs_dir(), test_data_root(), colab_default)
     card = run_card(ctx)
     width = max(len(k) for k in card)

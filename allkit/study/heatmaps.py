@@ -29,7 +29,7 @@ def gradcam_files(hybrid: HybridClassifier, paths, target="predicted") -> GradCa
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: not a readable image ({err})") from err
     images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
-    return gradcam(hybrid.cnn, hybrid.backbone, images, target, normalize=hybrid.normalize)
+    return gradcam(hybrid.cnn, hybrid.backbone_, images, target, normalize=hybrid.normalize)
 
 
 def save_overlays(result: GradCamResult, names: list[str], out_dir) -> list[Path]:

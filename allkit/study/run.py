@@ -12,6 +12,7 @@ so a number in the book is the number the CLI prints.
 import contextlib
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import platform
 import subprocess
@@ -60,7 +61,9 @@ CNN_FILE, TRAIN_FILE = "cnn.pt", "train.json"
 
 
 def git_commit() -> str | None:
-    """The commit of the allkit source tree (``None`` for an installed copy)."""
+    """The commit of the allkit source: the git checkout it runs from, else the commit pip recorded when it was
+    installed from a repository (PEP 610's ``direct_url.json``: ``pip install "allkit @ git+...@TAG"``, as the
+    book's Colab cell does); ``None`` for an install that records none (a wheel, an sdist)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -69,9 +72,21 @@ def git_commit() -> str | None:
             text=True,
             timeout=5,
         )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        direct = json.loads(importlib.metadata.distribution("allkit").read_text("direct_url.json") or "null")
+        return (direct or {}).get("vcs_info", {}).get("commit_id", "")[:7] or None
+    except (importlib.metadata.PackageNotFoundError, ValueError, AttributeError):
         return None
-    return out.stdout.strip() or None
+
+
+def version_line() -> str:
+    """``0.1.0 (commit abc1234)``, or ``0.1.0 (installed, no commit recorded)``: what a run card says of allkit."""
+    commit = git_commit()
+    return f"{allkit.__version__} ({f'commit {commit}' if commit else 'installed, no commit recorded'})"
 
 
 def describe_device(device: torch.device) -> str:

@@ -9,7 +9,6 @@ Data: an explicit path > ``ALLKIT_DATA`` > ``./data`` (or ``../data``, for a not
 
 import hashlib
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -70,9 +69,8 @@ def data_root(root=None, *, announce: bool = True) -> tuple[Path, str]:
             return folder, "./data"
     from allkit.study.synthetic import default_synthetic_root
 
-    if announce:
+    if announce:  # once: a warning (the CLI prints it as one line), not a warning and a print
         warnings.warn(SYNTHETIC_BANNER, SyntheticDataWarning, stacklevel=2)
-        print(SYNTHETIC_BANNER, file=sys.stderr)
     return default_synthetic_root(), "synthetic"
 
 
