@@ -73,6 +73,18 @@ def build(source: Path, target: Path):
     return notebook
 
 
+def drop_unused_widget_state(notebook) -> None:
+    """Widget state with no widget output: the book would load require.js for nothing (progress bars drawn
+    while executing leave such state behind)."""
+    shown = any(
+        "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
+    if not shown:
+        notebook.metadata.pop("widgets", None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--execute", action="store_true", help="execute each notebook after writing it")
@@ -95,6 +107,7 @@ def main() -> int:
             NotebookClient(
                 notebook, timeout=args.timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
             ).execute()
+        drop_unused_widget_state(notebook)
         jupytext.write(notebook, target)
         print(f"wrote {target.relative_to(HERE.parent)}")
     return 0

@@ -164,3 +164,15 @@ def test_run_card_names_the_installed_commit_without_git(monkeypatch):
     assert run.version_line().endswith("(commit 0123456)")
     monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Installed(None))
     assert run.version_line().endswith("(installed, no commit recorded)")
+
+
+def test_no_widget_state_without_widgets():
+    """Widget state in a notebook makes its page load require.js; only a notebook that shows a widget may carry it."""
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        notebook = json.loads(path.read_text())
+        shown = any(
+            "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+            for cell in notebook["cells"]
+            for output in cell.get("outputs", [])
+        )
+        assert shown or "widgets" not in notebook["metadata"], path.name
