@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(Exception):
+class Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it
     """SIGTERM (a killed job, a Colab restart): raised in the main thread so that every ``finally`` cleans up as
     for Ctrl-C: staging folders, half-built caches and locks are removed, earlier results are kept."""
 
