@@ -71,6 +71,24 @@ def train_test_factory():
     return cached_train_test
 
 
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """A small synthetic C-NMC tree of the test's own (tests change it): the folder holding C-NMC_Leukemia/."""
+    return make_synthetic_cnmc(tmp_path / "data", seed=3, cells_per_subject=4, final_cells=0).parent
+
+
+@pytest.fixture
+def no_preparation(monkeypatch):
+    """Fails the test if data preparation or training starts: bad arguments are refused before any work."""
+    import allkit.study.run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started although the arguments were already known to be bad")
+
+    monkeypatch.setattr(allkit.study.run, "prepare", refuse)
+    monkeypatch.setattr(allkit.study.run, "load_cnn", refuse)
+
+
 @pytest.fixture(scope="session")
 def real_root() -> Path:
     """The real C-NMC cells (../shared/data: folds 0 and 1, part of fold 2), when ALLKIT_DATA points at it."""

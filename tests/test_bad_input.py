@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import OFFLINE, cli, one_line_error
 from PIL import Image
 
 from allkit.cli.main import main
@@ -17,20 +18,6 @@ from allkit.errors import ConfigError, DataError
 from allkit.hybrid import _content_sha256
 from allkit.study.profiles import Profile
 from allkit.study.synthetic import make_synthetic_cnmc
-
-OFFLINE = ["--backbone", "efficientnet_lite0", "--weights", "offline"]
-
-
-def cli(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(code, err, *words):
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
 
 
 @pytest.fixture

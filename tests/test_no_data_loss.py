@@ -13,46 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import OFFLINE, cli, one_line_error
 
 import allkit.study.run
-from allkit.cli.main import main
 from allkit.data import build_cache, load_cnmc
 from allkit.files import atomic_folder, sweep_stale
-from allkit.study.synthetic import make_synthetic_cnmc
-
-OFFLINE = ["--backbone", "efficientnet_lite0", "--weights", "offline"]
-
-
-def cli(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(code, err, *words):
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
 
 
 def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def data(tmp_path):
-    return make_synthetic_cnmc(tmp_path / "data", seed=3, cells_per_subject=4, final_cells=0).parent
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Fails the test if data preparation starts: a refused output is refused before any work."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("work started although the output was already known to be refused")
-
-    monkeypatch.setattr(allkit.study.run, "prepare", refuse)
-    monkeypatch.setattr(allkit.study.run, "load_cnn", refuse)
 
 
 def dead_pid() -> int:
@@ -61,14 +30,14 @@ def dead_pid() -> int:
 
 
 @pytest.mark.parametrize("command", ["train", "reproduce"])
-def test_out_equal_to_the_data_is_refused_and_the_data_kept(data, no_work, capsys, command):
+def test_out_equal_to_the_data_is_refused_and_the_data_kept(data, no_preparation, capsys, command):
     before = tree(data)
     code, _, err = cli([command, "--profile", "ci", "--data", data, "--out", data, "--overwrite", *OFFLINE], capsys)
     one_line_error(code, err, "the data", "choose an output outside it")
     assert tree(data) == before
 
 
-def test_out_holding_the_data_is_refused_and_the_users_files_kept(data, no_work, capsys, monkeypatch):
+def test_out_holding_the_data_is_refused_and_the_users_files_kept(data, no_preparation, capsys, monkeypatch):
     project = data.parent
     (project / "notes.txt").write_text("the user's own file")
     before = tree(project)
@@ -78,13 +47,13 @@ def test_out_holding_the_data_is_refused_and_the_users_files_kept(data, no_work,
     assert tree(project) == before
 
 
-def test_out_inside_the_data_is_refused(data, no_work, capsys):
+def test_out_inside_the_data_is_refused(data, no_preparation, capsys):
     code, _, err = cli(["reproduce", "--profile", "ci", "--data", data, "--out", data / "runs" / "ci"], capsys)
     one_line_error(code, err, "is inside the data")
     assert not (data / "runs").exists()
 
 
-def test_overwrite_refuses_a_folder_allkit_did_not_write(data, tmp_path, no_work, capsys):
+def test_overwrite_refuses_a_folder_allkit_did_not_write(data, tmp_path, no_preparation, capsys):
     mine = tmp_path / "thesis"
     mine.mkdir()
     (mine / "chapter1.tex").write_text("months of work")
@@ -94,7 +63,7 @@ def test_overwrite_refuses_a_folder_allkit_did_not_write(data, tmp_path, no_work
     assert (mine / "chapter1.tex").read_text() == "months of work"
 
 
-def test_fit_hybrid_cannot_replace_the_cnn_it_reads(tmp_path, no_work, capsys):
+def test_fit_hybrid_cannot_replace_the_cnn_it_reads(tmp_path, no_preparation, capsys):
     cnn = tmp_path / "cnn"
     (cnn / "checkpoints").mkdir(parents=True)
     for name in ("cnn.pt", "train.json", "checkpoints/epoch1.pt"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import OFFLINE, cli, one_line_error
 from PIL import Image
 
 import allkit.study.run
@@ -21,36 +22,6 @@ from allkit.hybrid import HybridClassifier
 from allkit.study.data_check import check_report
 from allkit.study.run import prepare
 from allkit.study.synthetic import make_synthetic_cnmc
-
-OFFLINE = ["--backbone", "efficientnet_lite0", "--weights", "offline"]
-
-
-def cli(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(code, err, *words):
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
-
-
-@pytest.fixture
-def data(tmp_path):
-    """A small synthetic C-NMC tree of this test's own (tests change it)."""
-    return make_synthetic_cnmc(tmp_path / "data", seed=3, cells_per_subject=4, final_cells=0).parent
-
-
-@pytest.fixture
-def no_preparation(monkeypatch):
-    """Fails the test if any data preparation or training starts."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("data preparation started although the arguments were already known to be bad")
-
-    monkeypatch.setattr(allkit.study.run, "prepare", refuse)
 
 
 @pytest.fixture(scope="module")
