@@ -125,10 +125,13 @@ def _file_key(path) -> str:
     return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def pixel_digests(paths, *, progress: bool = True, folder=None) -> dict[str, str]:
+def pixel_digests(
+    paths, *, progress: bool = True, folder=None, errors: list | None = None, refresh: bool = False
+) -> dict[str, str]:
     """``{path: pixel digest}`` for every file in ``paths``: remembered in the cache folder by path, size and
     modification time, so each file is decoded for it once (about 3 ms a cell here). An unreadable file is a
-    :class:`DataError` naming it."""
+    :class:`DataError` naming it; with ``errors`` (a list) it is appended there as ``{"path", "reason"}`` and
+    left out instead. ``refresh`` decodes every file again (``allkit data check``, which vouches for them)."""
     paths = [str(p) for p in paths]
     index = (Path(folder) if folder is not None else cache_dir()) / f"pixel-digests-v{VERSION}.json"
     try:
@@ -139,24 +142,30 @@ def pixel_digests(paths, *, progress: bool = True, folder=None) -> dict[str, str
         keys = {path: _file_key(path) for path in paths}
     except OSError as err:
         raise DataError(f"cannot read {err.filename}: {err.strerror}") from None
-    todo = [path for path in paths if keys[path] not in known]
+    todo = paths if refresh else [path for path in paths if keys[path] not in known]
     if todo:
 
-        def digest(path: str) -> str:
-            with open_cell(path) as image:
-                try:
-                    return pixel_digest(image)
-                except (OSError, SyntaxError, ValueError) as err:
-                    raise DataError(f"{path}: not a readable image ({err}); remove or replace the file") from None
+        def digest(path: str) -> tuple[str | None, str | None]:
+            try:
+                with open_cell(path) as image:
+                    return pixel_digest(image), None
+            except (OSError, SyntaxError, ValueError, DataError) as err:
+                reason = str(err) if isinstance(err, DataError) else f"{path}: not a readable image ({err})"
+                return None, reason
 
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            done = tqdm(
-                pool.map(digest, todo), total=len(todo), desc="Finding copies", unit="img", disable=not progress
-            )
-            known.update({keys[path]: value for path, value in zip(todo, done, strict=True)})
+            done = tqdm(pool.map(digest, todo), total=len(todo), desc="Decoding", unit="img", disable=not progress)
+            for path, (value, reason) in zip(todo, done, strict=True):
+                if reason is None:
+                    known[keys[path]] = value
+                    continue
+                known.pop(keys[path], None)
+                if errors is None:
+                    raise DataError(f"{reason}; remove or replace the file")
+                errors.append({"path": path, "reason": reason})
         index.parent.mkdir(parents=True, exist_ok=True)
         write_json(index, known, indent=None)
-    return {path: known[keys[path]] for path in paths}
+    return {path: known[keys[path]] for path in paths if keys[path] in known}
 
 
 def decode_cell(image, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -> np.ndarray:

@@ -1,38 +1,13 @@
-"""``allkit data check``: what is in a C-NMC folder and whether a run can use it, checked the way a run
-reads it (every image read with :func:`allkit.data.read_cell`, the function the cache uses)."""
+"""``allkit data check``: what is in a C-NMC folder and whether a run can use it. Every image is opened and
+decoded as a run opens it (:func:`allkit.data.open_cell`, the same size limits) and its pixel digest remembered
+(:func:`allkit.data.pixel_digests`), so the run that splits the data next decodes nothing again."""
 
-import sys
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from allkit.data import linked_subjects, load_cnmc, read_cell
-from allkit.errors import DataError
+from allkit.data import linked_subjects, load_cnmc, pixel_digests
 from allkit.study.workspace import data_root, fingerprint
-
-
-def _decode_all(paths: list[str], progress: bool) -> tuple[list[dict], dict[str, str]]:
-    """Every image decoded: unreadable files, and each readable file's pixel digest (copies show up)."""
-
-    def work(path: str):
-        try:
-            return path, read_cell(path)[1], None
-        except (OSError, DataError) as err:
-            return path, None, str(err)
-
-    bad, digests = [], {}
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = tqdm(
-            pool.map(work, paths), total=len(paths), desc="Decoding", unit="img", disable=not progress, file=sys.stderr
-        )
-        for path, digest, problem in results:
-            if problem:
-                bad.append({"path": path, "reason": problem})
-            else:
-                digests[path] = digest
-    return bad, digests
 
 
 def copy_groups(frame: pd.DataFrame, digests: dict[str, str]) -> dict[str, int]:
@@ -55,8 +30,11 @@ def check_report(path=None, *, deep: bool = True, allow_unknown_subjects: bool =
     root, source = data_root(path)
     data = load_cnmc(root, allow_unknown_subjects=allow_unknown_subjects)
     frame = data.frame
-    # The unlabelled final test set is decoded too (a damaged file there fails a submission later).
-    bad, digests = _decode_all(frame["path"].tolist() + data.unlabelled, progress) if deep else ([], {})
+    # Every file decoded again (the unlabelled final test set too: a damaged file there fails a submission later);
+    # the pixel digests are remembered for the runs that split this data.
+    bad, digests = [], {}
+    if deep:
+        digests = pixel_digests(frame["path"].tolist() + data.unlabelled, progress=progress, errors=bad, refresh=True)
     digests = {path: digests[path] for path in frame["path"] if path in digests}  # copies: labelled cells only
     parts = frame.assign(part=frame["fold"].where(frame["fold"] == "prelim", "training"))
     leakage = [
