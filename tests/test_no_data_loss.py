@@ -228,3 +228,10 @@ def test_extract_is_all_or_nothing_and_says_what_next(tmp_path, capsys):
     assert [p.name for p in dest.iterdir()] == ["C-NMC_Leukemia"]  # no staging folder left
     code, _, err = cli(["data", "extract", archive, "--dest", dest], capsys)  # never merged into an existing tree
     one_line_error(code, err, "already exists")
+
+
+@pytest.mark.parametrize("name", ["../outside.bmp", "C-NMC_Leukemia/../../outside.bmp", "C-NMC_Leukemia/../x.bmp"])
+def test_a_member_that_climbs_is_refused_even_back_inside(tmp_path, capsys, name):
+    archive = zip_with(tmp_path / "a.zip", {**CELL, name: b"x"})
+    assert_refused_cleanly(archive, tmp_path / "dest", capsys, "would be written outside")
+    assert not (tmp_path / "outside.bmp").exists()

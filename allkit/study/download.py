@@ -38,6 +38,11 @@ def _inside(base: Path, target: Path) -> bool:
     return target == base or base in target.parents
 
 
+def _escapes(dest: Path, name: str) -> bool:
+    """A member name that is absolute, climbs with ``..`` (even back into ``dest``), or lands outside ``dest``."""
+    return Path(name).is_absolute() or ".." in Path(name).parts or not _inside(dest, dest / name)
+
+
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _S_IFLNK, _CHUNK = 0o120000, 1 << 20
 
@@ -47,7 +52,7 @@ def _zip_members(archive: Path, zf: zipfile.ZipFile, dest: Path) -> list[tuple[s
     members = []
     for info in zf.infolist():
         where = f"{archive}: member {info.filename!r}"
-        if not _inside(dest, dest / info.filename) or Path(info.filename).is_absolute():
+        if _escapes(dest, info.filename):
             raise DataError(f"{where} would be written outside {dest}; refused")
         if (info.external_attr >> 16) & 0o170000 == _S_IFLNK:
             raise DataError(f"{where} is a symbolic link; refused (C-NMC holds only images and a CSV)")
@@ -68,7 +73,7 @@ def _tar_members(archive: Path, tf: tarfile.TarFile, dest: Path) -> list[tuple[s
     members = []
     for info in tf.getmembers():
         where = f"{archive}: member {info.name!r}"
-        if not _inside(dest, dest / info.name) or Path(info.name).is_absolute():
+        if _escapes(dest, info.name):
             raise DataError(f"{where} would be written outside {dest}; refused")
         if info.issym() or info.islnk() or not (info.isfile() or info.isdir()):
             raise DataError(f"{where} is a link or a special file; refused (C-NMC holds only images and a CSV)")
