@@ -5,6 +5,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,16 +33,19 @@ def _alive(pid: int) -> bool:
 
 def sweep_stale(folder, name: str) -> list[Path]:
     """Remove what a killed writer of ``name`` left in ``folder``: the temp files and staging folders named
-    ``.NAME.<pid>.…`` (see :func:`atomic_file`, :func:`atomic_folder`) whose process is gone. Another live
-    process's work is never touched. Returns what was removed."""
-    removed, prefix = [], f".{name}."
+    ``.NAME.<pid>.<8 random characters>[.tmp]`` or ``.NAME.old-<pid>`` (see :func:`atomic_file`,
+    :func:`atomic_folder`) whose process is gone. Another live process's work is never touched, nor what another
+    name left (``.NAME.5.<pid>.…`` is the staging folder of ``NAME.5``). Returns what was removed."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(?:old-(\d+)|(\d+)\.[a-z0-9_]{{8}}(?:\.tmp)?)$")
+    removed = []
     try:
-        entries = [p for p in Path(folder).iterdir() if p.name.startswith(prefix)]
+        entries = list(Path(folder).iterdir())
     except OSError:
         return removed
     for entry in entries:
-        pid = entry.name[len(prefix) :].split(".", 1)[0].removeprefix("old-")
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        match = pattern.match(entry.name)
+        pid = int(match[1] or match[2]) if match else None
+        if pid is not None and pid != os.getpid() and not _alive(pid):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed

@@ -117,17 +117,18 @@ def test_sigterm_cleans_up_like_ctrl_c(data, tmp_path):
 
 def test_a_hard_kill_is_swept_at_the_next_start_but_live_work_is_kept(tmp_path):
     dead, live = dead_pid(), os.getppid()
-    left = [tmp_path / f".run.{dead}.abc123", tmp_path / f".run.old-{dead}"]
+    left = [tmp_path / f".run.{dead}.abc123de", tmp_path / f".run.old-{dead}"]
     for folder in left:
         folder.mkdir()
-    (tmp_path / f".run.{dead}.x.tmp").write_bytes(b"half")
-    working = tmp_path / f".run.{live}.def456"
+    (tmp_path / f".run.{dead}.x_9yz012.tmp").write_bytes(b"half")
+    working = tmp_path / f".run.{live}.def456gh"
     working.mkdir()
-    unrelated = tmp_path / ".runner.1.tmp"
-    unrelated.write_bytes(b"not ours")
+    others = [tmp_path / ".runner.1.tmp", tmp_path / f".run.5.{dead}.abc123de"]  # another name's, even "run.5"
+    others[0].write_bytes(b"not ours")
+    others[1].mkdir()
     with atomic_folder(tmp_path / "run") as staging:
         (staging / "a").write_text("new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run", working.name, unrelated.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["run", working.name, *(p.name for p in others)])
     assert sweep_stale(tmp_path, "run") == []
 
 
@@ -135,7 +136,7 @@ def test_a_killed_cache_build_is_swept_and_caches_are_shared_readable(data, tmp_
     frame = load_cnmc(data).frame.head(3)
     folder = tmp_path / "cells"
     folder.mkdir()
-    stale = folder / f".cells-64-0123456789abcdef0123.{dead_pid()}.zz.tmp"
+    stale = folder / f".cells-64-0123456789abcdef0123.{dead_pid()}.zz_8a1b2.tmp"
     stale.write_bytes(np.zeros(10, np.uint8).tobytes())
     old = os.umask(0o022)
     try:
