@@ -236,3 +236,14 @@ def test_a_member_that_climbs_is_refused_even_back_inside(tmp_path, capsys, name
     archive = zip_with(tmp_path / "a.zip", {**CELL, name: b"x"})
     assert_refused_cleanly(archive, tmp_path / "dest", capsys, "would be written outside")
     assert not (tmp_path / "outside.bmp").exists()
+
+
+def test_a_link_in_a_tar_is_refused(tmp_path, capsys):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "cell.bmp").write_bytes(b"BM" + bytes(100))
+    (source / "link.bmp").symlink_to("/etc/hostname")
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(source, arcname="C-NMC_Leukemia")
+    assert_refused_cleanly(archive, tmp_path / "dest", capsys, "link.bmp", "is a link")

@@ -47,38 +47,41 @@ _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zip
 _S_IFLNK, _CHUNK = 0o120000, 1 << 20
 
 
-def _zip_members(archive: Path, zf: zipfile.ZipFile, dest: Path) -> list[tuple[str, int]]:
+def _zip_entries(zf: zipfile.ZipFile):
+    """``(name, kind, stated size, problem)`` of each zip member; kind is file, dir or link."""
+    for info in zf.infolist():
+        link = (info.external_attr >> 16) & 0o170000 == _S_IFLNK
+        problem = (
+            "is encrypted; expected the unencrypted Kaggle/TCIA download"
+            if info.flag_bits & 0x1
+            else f"uses compression method {info.compress_type}, which Python cannot unpack; unpack it with another "
+            "tool, or download the archive again"
+            if info.compress_type not in _ZIP_METHODS
+            else None
+        )
+        yield info.filename, "link" if link else "dir" if info.is_dir() else "file", info.file_size, problem
+
+
+def _tar_entries(tf: tarfile.TarFile):
+    """As :func:`_zip_entries`, for a tar archive (reading its index reads it whole: a truncated one fails)."""
+    for info in tf.getmembers():
+        kind = "file" if info.isfile() else "dir" if info.isdir() else "link"  # links and special files alike
+        yield info.name, kind, info.size, None
+
+
+def _members(archive: Path, entries, dest: Path) -> list[tuple[str, int]]:
     """``(name, stated size)`` of each file member, every member checked before anything is written."""
     members = []
-    for info in zf.infolist():
-        where = f"{archive}: member {info.filename!r}"
-        if _escapes(dest, info.filename):
+    for name, kind, size, problem in entries:
+        where = f"{archive}: member {name!r}"
+        if _escapes(dest, name):
             raise DataError(f"{where} would be written outside {dest}; refused")
-        if (info.external_attr >> 16) & 0o170000 == _S_IFLNK:
-            raise DataError(f"{where} is a symbolic link; refused (C-NMC holds only images and a CSV)")
-        if info.flag_bits & 0x1:
-            raise DataError(f"{where} is encrypted; expected the unencrypted Kaggle/TCIA download")
-        if info.compress_type not in _ZIP_METHODS:
-            raise DataError(
-                f"{where} uses compression method {info.compress_type}, which Python cannot unpack; unpack it "
-                "with another tool, or download the archive again"
-            )
-        if not info.is_dir():
-            members.append((info.filename, info.file_size))
-    return members
-
-
-def _tar_members(archive: Path, tf: tarfile.TarFile, dest: Path) -> list[tuple[str, int]]:
-    """As :func:`_zip_members`, for a tar archive (reading its index reads it whole: a truncated one fails)."""
-    members = []
-    for info in tf.getmembers():
-        where = f"{archive}: member {info.name!r}"
-        if _escapes(dest, info.name):
-            raise DataError(f"{where} would be written outside {dest}; refused")
-        if info.issym() or info.islnk() or not (info.isfile() or info.isdir()):
+        if kind == "link":
             raise DataError(f"{where} is a link or a special file; refused (C-NMC holds only images and a CSV)")
-        if info.isfile():
-            members.append((info.name, info.size))
+        if problem:
+            raise DataError(f"{where} {problem}")
+        if kind == "file":
+            members.append((name, size))
     return members
 
 
@@ -96,10 +99,10 @@ def safe_extract(archive: str | Path, dest: str | Path, *, progress: bool = True
     try:
         if zipfile.is_zipfile(archive):
             opened = zipfile.ZipFile(archive)
-            members = _zip_members(archive, opened, dest)
+            members = _members(archive, _zip_entries(opened), dest)
         elif tarfile.is_tarfile(archive):
             opened = tarfile.open(archive)
-            members = _tar_members(archive, opened, dest)
+            members = _members(archive, _tar_entries(opened), dest)
         else:
             raise DataError(f"{archive}: not a zip or tar archive; expected the Kaggle/TCIA download")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
