@@ -121,7 +121,7 @@ def test_images_that_are_no_cells_are_refused_before_decoding(tmp_path, size):
 def test_the_releases_size_and_ordinary_variations_are_cells(tmp_path):
     for size in ((450, 450), (257, 300), (64, 128)):
         Image.new("RGB", size, (200, 100, 50)).save(tmp_path / "c.png")
-        assert read_cell(tmp_path / "c.png")[0].shape == (224, 224, 3)
+        assert read_cell(tmp_path / "c.png").shape == (224, 224, 3)
 
 
 # ---------------------------------------------------------------------------------------- models and settings

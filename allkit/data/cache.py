@@ -46,7 +46,7 @@ from allkit.constants import (
 from allkit.errors import ConfigError, DataError
 from allkit.files import current_umask, sweep_stale, write_json
 
-VERSION = 4  # 4: pixel digests instead of the files' sha1
+VERSION = 4  # 4: copies found by pixel digests (pixel_digests), no longer by the files' sha1 kept with the cache
 
 
 def cache_dir() -> Path:
@@ -107,15 +107,15 @@ def pixel_digest(image: Image.Image) -> str:
     return hashlib.sha1(f"{rgb.size[0]}x{rgb.size[1]}|".encode() + rgb.tobytes()).hexdigest()
 
 
-def read_cell(path, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -> tuple[np.ndarray, str]:
-    """A cell file → its decoded pixels (:func:`decode_cell`) and its :func:`pixel_digest`, reading it once:
-    the same check for ``allkit data check`` and for the cache."""
+def read_cell(path, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -> np.ndarray:
+    """A cell file → its decoded pixels (:func:`decode_cell`), opened with :func:`open_cell`'s checks (a file that
+    is not there is the OSError it is)."""
     with open(path, "rb") as handle:
         payload = handle.read()
     with open_cell(io.BytesIO(payload), path) as image:
         try:
             image.load()
-            return decode_cell(image, size, crop_ratio), pixel_digest(image)
+            return decode_cell(image, size, crop_ratio)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # Pillow's many ways to fail
             raise DataError(f"{path}: not a readable image ({err})") from err
 
@@ -173,7 +173,7 @@ def decode_cell(image, size: int = IMAGE_SIZE, crop_ratio: float = CROP_RATIO) -
     ``crop_ratio`` × the shorter side (448/450: the paper's CenterCrop(448)), bilinear resize to ``size``."""
     check_preprocessing(size, crop_ratio)
     if not isinstance(image, Image.Image):
-        return read_cell(image, size, crop_ratio)[0]
+        return read_cell(image, size, crop_ratio)
     image = to_rgb(image)
     shorter = min(image.size)
     image = F.center_crop(image, [max(1, min(shorter, round(crop_ratio * shorter)))] * 2)
@@ -188,12 +188,6 @@ class CellCache:
     frame: pd.DataFrame
     size: int
     crop_ratio: float
-
-    @property
-    def digests(self) -> dict[str, str]:
-        """``{path: pixel digest}`` of the cached cells (one picture filed under two subjects: one digest)."""
-        values = json.loads(self.path.with_suffix(".digests.json").read_text())
-        return dict(zip(self.frame["path"], values, strict=True))
 
     @property
     def images(self) -> np.ndarray:
@@ -242,7 +236,7 @@ def build_cache(
     except OSError as err:
         raise DataError(f"cannot read {err.filename}: {err.strerror}") from None
     npy = folder / f"cells-{size}-{key}.npy"
-    if npy.is_file() and npy.with_suffix(".digests.json").is_file():
+    if npy.is_file():
         try:
             if np.load(npy, mmap_mode="r").shape == (len(frame), size, size, 3):
                 return CellCache(npy, frame, size, crop_ratio)
@@ -256,12 +250,11 @@ def build_cache(
             f"{folder} has {free / 2**20:.0f} MiB free; caching {len(frame)} cells at {size} px "
             f"needs {needed / 2**20:.0f} MiB. Free some space or set ALLKIT_CACHE elsewhere"
         )
-    for stale in folder.glob(".cells-*.tmp"):  # what killed builds left, whichever cells they were caching
-        sweep_stale(folder, stale.name.split(".")[1])
+    for name in {stale.name.split(".")[1] for stale in folder.glob(".cells-*.tmp")}:  # killed builds, any cells
+        sweep_stale(folder, name)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{npy.stem}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     os.chmod(tmp, 0o666 & ~current_umask())  # not mkstemp's 0600: like every file allkit writes
-    digests = [""] * len(frame)
     try:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(frame), size, size, 3))
         if hasattr(os, "posix_fallocate"):  # claim the disk now: a full disk is an OSError here, not a SIGBUS later
@@ -270,7 +263,7 @@ def build_cache(
 
         def decode(i: int, images=images) -> str | None:
             try:
-                images[i], digests[i] = read_cell(frame.at[i, "path"], size, crop_ratio)
+                images[i] = read_cell(frame.at[i, "path"], size, crop_ratio)
             except (OSError, DataError) as err:
                 return str(err)
             return None
@@ -290,7 +283,6 @@ def build_cache(
             pool.shutdown(cancel_futures=True)
         images.flush()
         del images
-        write_json(npy.with_suffix(".digests.json"), digests, indent=None)
         os.replace(tmp, npy)
     finally:
         if os.path.exists(tmp):

@@ -248,6 +248,7 @@ def prepare(
         model, name, chosen, note = choose_backbone(profile, backbone, weights)
     cells = load_cnmc(root)
     external = None if test_root is None else load_cnmc(test_root).frame.assign(fold="external")
+    digests = None
     if split is not None:
         chosen_split = split(cells.frame)
     else:
@@ -282,8 +283,10 @@ def prepare(
     for part, n in chosen_split.dropped.items():
         notes.append(f"{n} {part} cell(s) dropped: the same pictures are filed under a training person by the release")
     cache = build_cache(pd.concat(frames.values(), ignore_index=True), size=profile.image_size, progress=progress)
-    if not chosen_split.leaky:  # the same file under two subjects would put one cell on both sides
-        check_leakage(frames, digests=cache.digests)
+    if not chosen_split.leaky:  # the same picture under two subjects would put one cell on both sides
+        if digests is None:  # a caller's own split: the digests of its cells (remembered, so decoded once)
+            digests = pixel_digests(pd.concat(frames.values())["path"], progress=progress)
+        check_leakage(frames, digests=digests)
     datasets = {part: CellDataset(cache, frame) for part, frame in frames.items() if len(frame)}
     normalize = get_backbone(name).mean_std if profile.normalize else False
     prepared = Prepared(
