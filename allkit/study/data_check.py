@@ -2,23 +2,27 @@
 decoded as a run opens it (:func:`allkit.data.open_cell`, the same size limits) and its pixel digest remembered
 (:func:`allkit.data.pixel_digests`), so the run that splits the data next decodes nothing again."""
 
-from collections import defaultdict
-
 import pandas as pd
 
 from allkit.data import linked_subjects, load_cnmc, pixel_digests
 from allkit.study.workspace import data_root, fingerprint
 
 
-def copy_groups(frame: pd.DataFrame, digests: dict[str, str]) -> dict[str, int]:
-    """``{"20+21": 71, ...}``: for each group of people who share pictures, how many of its pictures are filed
-    more than once."""
-    groups, shared = linked_subjects(frame, digests), {}
-    counts = frame.assign(digest=frame["path"].map(digests)).groupby("digest")["subject"].nunique()
-    for digest in counts[counts > 1].index:
-        subject = str(frame.loc[frame["path"].map(digests) == digest, "subject"].iloc[0])
-        shared[groups[subject]] = shared.get(groups[subject], 0) + 1
-    return dict(sorted(shared.items()))
+def copy_groups(frame: pd.DataFrame, digests: dict[str, str]) -> list[dict]:
+    """The pictures filed under more than one person, by group of people who share them
+    (:func:`allkit.data.linked_subjects`): ``{"subjects": "20+21", "folds": [...], "pictures": n, "example":
+    [the files of one such picture]}``, in the order of the groups' names."""
+    cells = frame[frame["path"].isin(digests)]
+    groups, found = linked_subjects(cells, digests), {}
+    for _, same in cells.groupby(cells["path"].map(digests)):
+        if same["subject"].nunique() < 2:
+            continue
+        name, files = groups[str(same["subject"].iloc[0])], sorted(same["path"])
+        entry = found.setdefault(name, {"subjects": name, "folds": set(), "pictures": 0, "example": files})
+        entry["folds"] |= set(same["fold"].astype(str))
+        entry["pictures"] += 1
+        entry["example"] = min(entry["example"], files)
+    return [{**entry, "folds": sorted(entry["folds"])} for _, entry in sorted(found.items())]
 
 
 def check_report(path=None, *, deep: bool = True, allow_unknown_subjects: bool = False, progress: bool = True) -> dict:
@@ -45,25 +49,17 @@ def check_report(path=None, *, deep: bool = True, allow_unknown_subjects: bool =
         for s, f in frame.groupby("subject")["fold"].unique().items()
         if len(f) > 1 and s not in {x["subject"] for x in leakage}
     ]
-    groups = defaultdict(list)
-    for file, digest in digests.items():
-        groups[digest].append(file)
-    duplicates = sorted(sorted(g) for g in groups.values() if len(g) > 1)
-    where = frame.set_index("path")[["subject", "fold"]]
-    across = [g for g in duplicates if where.loc[g, "subject"].nunique() > 1]
     readable = frame[frame["path"].isin(digests)]
-    copies = []
-    for name, n in copy_groups(readable, digests).items():
-        members = set(name.split("+"))
-        shared = [g for g in across if str(where.loc[g[0], "subject"]) in members]
-        folds = sorted({str(where.loc[f, "fold"]) for g in shared for f in g})
-        copies.append({"subjects": name, "folds": folds, "pictures": n, "example": shared[0]})
+    by_picture = readable.groupby(readable["path"].map(digests))["path"]
+    duplicates = sorted(sorted(files) for _, files in by_picture if len(files) > 1)
+    copies = copy_groups(frame, digests)
     training, prelim = frame[frame["fold"] != "prelim"], frame[frame["fold"] == "prelim"]
     per_class = training.groupby("class_name")  # the training set; the preliminary test set apart
     images = {name: int(per_class.size().get(name, 0)) for name in ("ALL", "HEM")}
     notes = list(data.notes)
-    if len(duplicates) > len(across):
-        notes.append(f"{len(duplicates) - len(across)} group(s) of identical pictures within one subject")
+    within = len(duplicates) - sum(c["pictures"] for c in copies)
+    if within:
+        notes.append(f"{within} group(s) of identical pictures within one subject")
     if copies:
         listed = ", ".join(f"{c['subjects']}: {c['pictures']}" for c in copies)
         notes.append(
