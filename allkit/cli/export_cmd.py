@@ -57,12 +57,11 @@ def register(commands, formatter) -> None:
     exp.set_defaults(handler=run_export)
 
 
-def _cells(model, data, progress: bool):
-    """Every labelled cell under the folder ``data``, cached the way the saved model's training cells were."""
-    from allkit.deploy.saved import load_hybrid
+def _cells(hybrid, data, progress: bool):
+    """Every labelled cell under the folder ``data``, cached the way ``hybrid``'s training cells were."""
     from allkit.study.run import folder_cells
 
-    return folder_cells(load_hybrid(model), data, allow_unknown_subjects=True, progress=progress)[1]
+    return folder_cells(hybrid, data, allow_unknown_subjects=True, progress=progress)[1]
 
 
 def _run_training_cells(model, progress: bool):
@@ -80,6 +79,8 @@ def _run_training_cells(model, progress: bool):
 
 def run_export(args) -> int:
     from allkit.deploy import export_saved_model
+    from allkit.deploy.saved import load_hybrid
+    from allkit.files import refuse_overlap
 
     if not args.onnx:
         raise AllkitError("choose an export format: --onnx (the only one so far)")
@@ -87,14 +88,17 @@ def run_export(args) -> int:
         raise AllkitError("--calibration is only used with --int8 (static mode): dynamic int8 needs no calibration")
     if args.calibration_cells < 1:
         raise AllkitError(f"--calibration-cells {args.calibration_cells}; expected at least 1 cell to calibrate on")
-    calibration = None
+    refuse_overlap(args.out, {"the model folder": args.model})  # before the cells are read (export checks it too)
+    progress, calibration, check = not args.json, None, None
+    hybrid = load_hybrid(args.model) if args.check or args.calibration else None  # once, for both
     if args.int8 and args.int8_mode == "static":
-        progress = not args.json
         calibration = (
-            _cells(args.model, args.calibration, progress)
+            _cells(hybrid, args.calibration, progress)
             if args.calibration
             else _run_training_cells(args.model, progress)
         )
+    if args.check:
+        check = _cells(hybrid, args.check, progress)
     result = export_saved_model(
         args.model,
         args.out,
@@ -103,7 +107,7 @@ def run_export(args) -> int:
         calibration=calibration,
         n_calibration=args.calibration_cells,
         opset=args.opset,
-        check=_cells(args.model, args.check, not args.json) if args.check else None,
+        check=check,
         threads=args.threads,
         progress=not args.json,
     )
