@@ -277,7 +277,7 @@ def compare_with_release(data: CNMC) -> list[str]:
     n_prelim = int((frame["fold"] == "prelim").sum())
     if n_prelim and n_prelim != EXPECTED_COUNTS["prelim"]:
         notes.append(f"the preliminary test set has {n_prelim} images; the release has {EXPECTED_COUNTS['prelim']}")
-    if data.layout == "full" and len(data.unlabelled) != EXPECTED_COUNTS["final"]:
+    if data.unlabelled and len(data.unlabelled) != EXPECTED_COUNTS["final"]:  # like the prelim set: when present
         notes.append(
             f"the final test set has {len(data.unlabelled)} images; the release has {EXPECTED_COUNTS['final']}"
         )
