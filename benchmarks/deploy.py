@@ -9,7 +9,7 @@ What is measured, per backbone (224 px by default):
   weak machine) and with all usable cores;
 * throughput (cells/s) at batch 32;
 * accuracy change: for a fine-tuned model (``--model NAME=DIR``; by default the sample run's
-  EfficientNet-Lite0, ``runs/sample/model``), accuracy of each variant on the run's test cells and its
+  EfficientNet-Lite0, the newest paper-recipe run in the store's ``runs/sample/``), accuracy of each variant on the run's test cells and its
   agreement with PyTorch. Backbones without a fine-tuned model here (no ImageNet download offline) are
   measured with random weights for size and latency only; their accuracy reads
   "n/a (no fine-tuned model offline)". With internet (Colab), pass fine-tuned folders with ``--model``.
@@ -18,7 +18,7 @@ Static int8 is calibrated on training cells of the run (never its test cells).
 
     python benchmarks/deploy.py                         # full: 4 backbones, 224 px -> runs/deploy/deploy.json
     python benchmarks/deploy.py --quick                 # a smoke run: fewer repetitions
-    python benchmarks/deploy.py --model efficientnet_b0=runs/paper/model --run runs/paper
+    python benchmarks/deploy.py --model efficientnet_b0=RUN/model --run RUN   # RUN: e.g. from `allkit reproduce --out`
 """
 
 import argparse
@@ -35,7 +35,7 @@ from allkit.deploy import DEPLOY_BACKBONES, deployment_report, summary_table  # 
 from allkit.errors import AllkitError  # noqa: E402
 from allkit.files import write_json  # noqa: E402
 from allkit.perf import speed_up  # noqa: E402
-from allkit.study.run import load_run, rebuild_prepared  # noqa: E402
+from allkit.study.store import CONFIG_FILE, open_run  # noqa: E402
 
 
 def _models(values: list[str]) -> dict[str, str]:
@@ -43,9 +43,17 @@ def _models(values: list[str]) -> dict[str, str]:
     for value in values:
         name, sep, folder = value.partition("=")
         if not sep or not name or not folder:
-            raise AllkitError(f"--model {value!r}; expected NAME=DIR, e.g. efficientnet_lite0=runs/sample/model")
+            raise AllkitError(f"--model {value!r}; expected NAME=DIR, e.g. efficientnet_lite0=run/model")
         models[name] = folder
     return models
+
+
+def _run_folder(folder: Path) -> Path:
+    """``folder`` if it is a run, else its newest paper-recipe run with a saved model (a profile's store folder)."""
+    if (folder / CONFIG_FILE).is_file():
+        return folder
+    runs = [p for p in folder.glob("paper-*") if (p / CONFIG_FILE).is_file() and (p / "model").is_dir()]
+    return max(runs, key=lambda p: (p / CONFIG_FILE).stat().st_mtime) if runs else folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run",
         default=str(ROOT / "runs" / "sample"),
-        help="finished run whose test cells (accuracy) and training cells (int8 calibration) are used; '' for none",
+        help="finished run (or a profile's folder of the run store: its newest paper-recipe run) whose test cells "
+        "(accuracy) and training cells (int8 calibration) are used; '' for none",
     )
     parser.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per measurement")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="cap per batch-1 measurement")
@@ -83,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         models = _models(args.model)
         test = calibration = None
         if args.run:
-            run_dir = Path(args.run)
-            if (run_dir / "metrics.json").is_file():
-                models.setdefault(load_run(run_dir).card["backbone"], str(run_dir / "model"))
-                prepared = rebuild_prepared(load_run(run_dir), progress=True)
-                test, calibration = prepared.datasets["test"], prepared.datasets["train"]
+            run_dir = _run_folder(Path(args.run))
+            if (run_dir / CONFIG_FILE).is_file() and (run_dir / "model").is_dir():
+                run = open_run(run_dir).load(progress=True)
+                models.setdefault(run.backbone, str(run_dir / "model"))
+                test, calibration = run.data.datasets["test"], run.data.datasets["train"]
             else:
                 print(f"no finished run in {run_dir}: no accuracy, int8 calibrated on noise", file=sys.stderr)
         threads = [None if t == "all" else int(t) for t in args.threads]

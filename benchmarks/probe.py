@@ -12,6 +12,7 @@ scored on the test part with person-bootstrap intervals beside the majority base
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,9 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from allkit.device import select_device  # noqa: E402
 from allkit.hybrid import extract_features  # noqa: E402
 from allkit.perf import speed_up  # noqa: E402
-from allkit.study.run import evaluate_predictions, prepare  # noqa: E402
+from allkit.study.config import get_config  # noqa: E402
+from allkit.study.prepare import prepare  # noqa: E402
+from allkit.study.score import score  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     speed_up()
     started = time.perf_counter()
-    prepared, model = prepare(args.profile, args.data, backbone=args.backbone, weights=args.weights, progress=True)
+    config = replace(get_config(args.profile), backbone=args.backbone, weights=args.weights, fallback_backbone=None)
+    prepared, model = prepare(config, args.data, progress=True)
     model.eval()
     kwargs = {"normalize": prepared.normalize, "device": select_device("auto"), "progress": True}
     parts = ("train", "val", "test")
@@ -50,7 +54,7 @@ def main() -> None:
         np.concatenate([prepared.datasets[part].labels.numpy() for part in ("train", "val")]),
     )
     test = prepared.datasets["test"]
-    result = evaluate_predictions(test.frame, probe.predict_proba(features["test"]), n_boot=1000, seed=0)
+    result = score(test.frame, probe.predict_proba(features["test"]), n_boot=1000, seed=0)
     ci = result["ci"]
     card = prepared.card()
     print(

@@ -80,13 +80,13 @@ def data(tmp_path) -> Path:
 @pytest.fixture
 def no_preparation(monkeypatch):
     """Fails the test if data preparation or training starts: bad arguments are refused before any work."""
-    import allkit.study.run
+    import allkit.study.store
 
     def refuse(*args, **kwargs):
         raise AssertionError("work started although the arguments were already known to be bad")
 
-    monkeypatch.setattr(allkit.study.run, "prepare", refuse)
-    monkeypatch.setattr(allkit.study.run, "load_cnn", refuse)
+    for name in ("prepare", "choose_backbone", "open_run"):
+        monkeypatch.setattr(allkit.study.store, name, refuse)
 
 
 @pytest.fixture(scope="session")

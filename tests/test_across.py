@@ -1,6 +1,8 @@
 """The pieces of the across-people study: stain and colour augmentation, class-balanced sampling, partial
 freezing, per-person normalisation, the donor learning curve, and recipes that leave earlier keys alone."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,9 +19,8 @@ from allkit.study.across import (
     rgb_to_hed,
     subject_normalised,
 )
-from allkit.study.across_study import across_variants, donor_curve, scores
-from allkit.study.profiles import get_profile
-from allkit.study.recipes import ACROSS, RECIPES, get_recipe
+from allkit.study.across_study import across_configs, donor_curve, scores
+from allkit.study.config import ACROSS, get_config
 from allkit.transforms import BatchAugment
 
 
@@ -83,13 +84,17 @@ def test_scores_and_donor_curve_on_separable_people():
     )
 
 
-def test_across_recipes_are_one_change_from_the_paper_and_keep_its_key():
-    paper = RECIPES["paper"]
-    for name, recipe in ACROSS.items():
-        changed = {k for k, v in recipe.to_dict().items() if v != paper.to_dict()[k]} - {"name"}
-        assert len(changed) in (1, 2), (name, changed)  # geometry changes flips and angle together
-        assert get_recipe(name) is recipe
-    assert "hed_jitter" not in paper.training_dict() and "hed_jitter" in ACROSS["across-stain"].training_dict()
-    names = [v.name for v in across_variants(get_profile("sample"))]
-    assert names[: len(ACROSS) + 1] == ["paper", *ACROSS] and len(names) == len(set(names)) == len(ACROSS) + 6
-    assert [v.name for v in across_variants(get_profile("ci"))] == ["paper", *ACROSS, "robust"]
+def test_across_recipes_are_one_change_from_the_paper_and_change_its_key():
+    paper = get_config("sample")
+    for name, changes in ACROSS.items():
+        changed = {k for k, v in paper.with_recipe(name).to_dict().items() if v != getattr(paper, k)} - {"recipe"}
+        assert changed == set(changes) and len(changed) in (1, 2), (name, changed)  # geometry: flips and angle
+        assert paper.with_recipe(name).key("data") != paper.key("data")
+    # the recipe's name is a label, not a setting: the same fine-tune under another name is the same run
+    assert replace(paper, recipe="another name").key("data") == paper.key("data")
+    # settings that change only predictions leave the fine-tune's key alone
+    assert replace(paper, tta=True, threshold="validation", n_boot=5).key("data") == paper.key("data")
+    names = [c.recipe for c in across_configs(get_config("sample"))]
+    assert names[: len(ACROSS) + 1] == ["paper", *ACROSS] and len(names) == len(ACROSS) + 6
+    assert len(set(across_configs(get_config("sample")))) == len(names)
+    assert [c.recipe for c in across_configs(get_config("ci"))] == ["paper", *ACROSS, "robust"]

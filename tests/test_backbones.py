@@ -5,14 +5,16 @@ import json
 import math
 import socket
 import urllib.error
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 import torch
 
+import allkit.study.store as store
 from allkit.errors import AllkitError, ModelError
+from allkit.hybrid import HybridClassifier
 from allkit.models import BACKBONES, EfficientNetLite0, build_model, get_backbone, head
-from allkit.study import backbones
 from allkit.study.backbones import (
     COLUMNS,
     PAPER_PARAMS,
@@ -21,8 +23,8 @@ from allkit.study.backbones import (
     compare_backbones,
     parameter_table,
 )
-from allkit.study.profiles import get_profile
-from allkit.study.run import load_run, rebuild_prepared, reproduce
+from allkit.study.config import get_config
+from allkit.study.store import open_run, reproduce
 
 
 @pytest.fixture
@@ -40,10 +42,10 @@ def no_network(monkeypatch, tmp_path):
     monkeypatch.setattr(socket.socket, "connect", fail_connect)
 
 
-def test_offline_rows_and_cache(synthetic_root, tmp_path, no_network, monkeypatch):
-    out = tmp_path / "backbones"
+def test_offline_rows_and_the_store(synthetic_root, tmp_path, no_network, monkeypatch):
+    out = tmp_path / "runs"
     names = ("efficientnet_lite0", "resnet18")
-    table = compare_backbones("ci", synthetic_root, names=names, out=out, progress=False)
+    table = compare_backbones("ci", synthetic_root, names=names, runs=out, progress=False)
 
     assert list(table.columns) == COLUMNS and list(table["backbone"]) == list(names)
     lite0, resnet = table.iloc[0], table.iloc[1]
@@ -51,57 +53,52 @@ def test_offline_rows_and_cache(synthetic_root, tmp_path, no_network, monkeypatc
     for col in ("cnn_accuracy", "hybrid_accuracy", "low", "high", "hybrid_weighted_f1"):
         assert 0.0 <= lite0[col] <= 1.0
     assert lite0["low"] <= lite0["hybrid_accuracy"] <= lite0["high"]
-    assert lite0["image_size"] == get_profile("ci").image_size and lite0["test_cells"] > 0
+    assert lite0["image_size"] == get_config("ci").image_size and lite0["test_cells"] > 0
     assert resnet["status"] == UNAVAILABLE and "resnet18" in resnet["note"]
     assert all(math.isnan(resnet[col]) for col in ("cnn_accuracy", "hybrid_accuracy", "low", "high"))
     assert resnet["params"] == parameter_table(["resnet18"]).loc["resnet18", "params_2_classes"]  # no weights needed
 
-    cached = json.loads((out / "efficientnet_lite0.json").read_text())
-    assert cached["row"]["hybrid_accuracy"] == lite0["hybrid_accuracy"]
-    assert not (out / "resnet18.json").exists()  # unavailable rows are retried next time
+    (stored,) = (out / "ci").iterdir()  # one run in the store: the unavailable backbone trained nothing
+    assert json.loads((stored / "metrics.json").read_text())["hybrid"]["accuracy"] == lite0["hybrid_accuracy"]
 
     def no_training(*args, **kwargs):
-        raise AssertionError("the cached backbone was trained again")
+        raise AssertionError("the stored backbone was trained again")
 
-    monkeypatch.setattr(backbones, "finetune", no_training)
-    again = compare_backbones("ci", synthetic_root, names=names, out=out, progress=False)
+    monkeypatch.setattr(store, "finetune", no_training)
+    again = compare_backbones("ci", synthetic_root, names=names, runs=out, progress=False)
     assert again.iloc[0]["hybrid_accuracy"] == lite0["hybrid_accuracy"]
     assert again.iloc[1]["status"] == UNAVAILABLE
+    # the chapter's own run with the offline fallback is the same fine-tune as the Lite0 row
+    assert reproduce("ci", synthetic_root, runs=out, progress=False, figures=False).dir == stored
 
 
 def test_image_size_per_profile():
-    size, note = backbone_image_size(get_profile("paper"), "inception_v3")
+    size, note = backbone_image_size(get_config("paper"), "inception_v3")
     assert size == 299 and "native" in note
-    assert backbone_image_size(get_profile("paper"), "efficientnet_b0") == (224, "")
-    assert backbone_image_size(get_profile("sample"), "resnet18") == (224, "")
-    size, note = backbone_image_size(get_profile("ci"), "inception_v3")
+    assert backbone_image_size(get_config("paper"), "efficientnet_b0") == (224, "")
+    assert backbone_image_size(get_config("sample"), "resnet18") == (224, "")
+    size, note = backbone_image_size(get_config("ci"), "inception_v3")
     assert size == 299 and "auxiliary" in note
 
 
-def test_rebuild_prepared_gives_a_loaded_run_its_test_cells(synthetic_root, tmp_path, no_network):
-    fresh = reproduce(
-        "ci",
-        synthetic_root,
-        out=tmp_path / "run",
-        backbone="efficientnet_lite0",
-        weights="offline",
-        progress=False,
-        figures=False,
-    )
-    loaded = load_run(tmp_path / "run", with_model=True)
-    assert loaded.prepared is None
-    prepared = rebuild_prepared(loaded, progress=False)
-    assert loaded.prepared is prepared and rebuild_prepared(loaded) is prepared
-    for part, dataset in fresh.prepared.datasets.items():
-        assert list(prepared.datasets[part].frame["path"]) == list(dataset.frame["path"])
-    assert prepared.backbone == "efficientnet_lite0" and prepared.weights == "offline"
-    assert prepared.normalize == fresh.prepared.normalize
-    test = prepared.datasets["test"]
-    accuracy = float((loaded.hybrid.predict(test) == test.frame["label"].to_numpy()).mean())
+def test_an_opened_run_rebuilds_its_test_cells(synthetic_root, tmp_path, no_network):
+    config = replace(get_config("ci"), backbone="efficientnet_lite0", weights="offline", fallback_backbone=None)
+    fresh = reproduce(config, synthetic_root, out=tmp_path / "run", progress=False, figures=False)
+    loaded = open_run(tmp_path / "run")
+    assert loaded.data is None
+    data = loaded.load(progress=False).data
+    assert loaded.load().data is data
+    for part, dataset in fresh.data.datasets.items():
+        assert list(data.datasets[part].frame["path"]) == list(dataset.frame["path"])
+    assert data.backbone == "efficientnet_lite0" and data.weights == "offline"
+    assert data.normalize == fresh.data.normalize
+    test = data.datasets["test"]
+    saved = HybridClassifier.load(tmp_path / "run" / "model")
+    accuracy = float((saved.predict(test) == test.frame["label"].to_numpy()).mean())
     assert accuracy == pytest.approx(fresh.metrics["hybrid"]["accuracy"])
-    (tmp_path / "run" / "metrics.json").write_text("{")  # damaged: an error naming the file, not a traceback
-    with pytest.raises(AllkitError, match=r"metrics\.json is not readable JSON"):
-        load_run(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text("{")  # damaged: an error naming the file, not a traceback
+    with pytest.raises(AllkitError, match=r"config\.json is not readable JSON"):
+        open_run(tmp_path / "run")
 
 
 # ---------------------------------------------------------------------------------------------- parameters

@@ -16,7 +16,7 @@ from allkit.cli.main import main
 from allkit.data import build_cache, load_cnmc, read_cell
 from allkit.errors import ConfigError, DataError
 from allkit.hybrid import _content_sha256
-from allkit.study.profiles import Profile
+from allkit.study.config import Config
 from allkit.study.synthetic import make_synthetic_cnmc
 
 
@@ -165,27 +165,29 @@ def test_sizes_are_checked_without_allocating(tmp_path):
 @pytest.mark.parametrize("seed", [2**33, -1, 1.5, True])
 def test_a_seed_out_of_range_is_refused_where_it_is_read(seed):
     with pytest.raises(ConfigError, match="seed"):
-        Profile(name="x", seed=seed)
+        Config(name="x", seed=seed)
 
 
 @pytest.mark.slow
-def test_a_seed_out_of_range_in_train_json_is_one_line(data, tmp_path, capsys):
+def test_a_seed_out_of_range_in_config_json_is_one_line(data, tmp_path, capsys):
     cnn = tmp_path / "cnn"
     code, _, _ = cli(["train", "--profile", "ci", "--data", data, "--out", cnn, "--quiet", *OFFLINE], capsys)
     assert code == 0
-    record = json.loads((cnn / "train.json").read_text())
-    record["profile"]["seed"] = 2**33
-    (cnn / "train.json").write_text(json.dumps(record))
+    record = json.loads((cnn / "config.json").read_text())
+    record["config"]["seed"] = 2**33
+    (cnn / "config.json").write_text(json.dumps(record))
     code, _, err = cli(["fit-hybrid", "--cnn", cnn, "--quiet"], capsys)
-    one_line_error(code, err, "train.json", "seed")
+    one_line_error(code, err, "config.json", "seed")
 
 
 def test_the_offline_fallback_is_said_before_any_work(data, capsys, monkeypatch):
-    import allkit.study.run as run
+    import allkit.study.prepare as prepare
+    import allkit.study.store as store
+    from allkit.study.config import get_config
 
     def no_b0(name, weights, **kwargs):
         if name == "efficientnet_b0":
-            raise run.ModelError("no internet")
+            raise prepare.ModelError("no internet")
         return real(name, weights, **kwargs)
 
     class DataRead(Exception):
@@ -194,11 +196,15 @@ def test_the_offline_fallback_is_said_before_any_work(data, capsys, monkeypatch)
     def stop(*args, **kwargs):
         raise DataRead
 
-    real = run.build_model
-    monkeypatch.setattr(run, "build_model", no_b0)
-    monkeypatch.setattr(run, "load_cnmc", stop)
+    real = prepare.build_model
+    monkeypatch.setattr(prepare, "build_model", no_b0)
+    monkeypatch.setattr(prepare, "load_cnmc", stop)
+    monkeypatch.setattr(store, "load_cnmc", stop)
     with pytest.raises(DataRead):  # stopped at the first data read: the fallback must be said by then
-        run.prepare("ci", data, progress=False)
+        prepare.prepare(get_config("ci"), data, progress=False)
+    assert "using efficientnet_lite0" in capsys.readouterr().err
+    with pytest.raises(DataRead):  # the store too: it keys a run by the backbone it gets
+        store.run(get_config("ci"), data, runs=data / "runs", progress=False)
     assert "using efficientnet_lite0" in capsys.readouterr().err
 
 

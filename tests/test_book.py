@@ -148,7 +148,7 @@ def test_run_card_names_the_installed_commit_without_git(monkeypatch):
     recorded (PEP 610's direct_url.json); with none recorded it says so instead of 'unknown'."""
     import importlib.metadata
 
-    import allkit.study.run as run
+    import allkit.study.prepare as run
 
     monkeypatch.setattr(run.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no git")))
     recorded = {"url": "https://github.com/allkit/allkit", "vcs_info": {"vcs": "git", "commit_id": "0123456789ab"}}

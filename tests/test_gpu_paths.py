@@ -12,8 +12,8 @@ import allkit.study.download
 from allkit.data import CellDataset, build_cache, load_cnmc
 from allkit.device import amp_dtype
 from allkit.models import build_model
+from allkit.study.config import get_config
 from allkit.study.download import download_cnmc
-from allkit.study.profiles import get_profile
 from allkit.study.synthetic import make_synthetic_cnmc
 from allkit.train import Trainer
 
@@ -61,14 +61,14 @@ def test_float16_training_gets_a_gradient_scaler_and_bfloat16_none(cuda, monkeyp
 
 def test_colab_with_a_gpu_runs_the_paper_profile_by_default(cuda, monkeypatch):
     monkeypatch.delenv("ALLKIT_PROFILE", raising=False)
-    assert get_profile().name == "sample"  # not on Colab
+    assert get_config().name == "sample"  # not on Colab
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert get_profile().name == "sample"  # Colab without a GPU
+    assert get_config().name == "sample"  # Colab without a GPU
     cuda(7, 5)
-    assert get_profile().name == "paper"
+    assert get_config().name == "paper"
     monkeypatch.setenv("ALLKIT_PROFILE", "ci")  # a choice made by the user wins
-    assert get_profile().name == "ci" and get_profile("sample").name == "sample"
+    assert get_config().name == "ci" and get_config("sample").name == "sample"
 
 
 def test_inference_batches_are_large_on_a_gpu_only(monkeypatch, tmp_path):

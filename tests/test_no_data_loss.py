@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from cli_helpers import OFFLINE, cli, one_line_error
 
-import allkit.study.run
+import allkit.study.folders
 from allkit.data import build_cache, load_cnmc
 from allkit.files import atomic_folder, sweep_stale
 
@@ -65,11 +65,11 @@ def test_overwrite_refuses_a_folder_allkit_did_not_write(data, tmp_path, no_prep
 
 def test_fit_hybrid_cannot_replace_the_cnn_it_reads(tmp_path, no_preparation, capsys):
     cnn = tmp_path / "cnn"
-    (cnn / "checkpoints").mkdir(parents=True)
-    for name in ("cnn.pt", "train.json", "checkpoints/epoch1.pt"):
+    (cnn / "outputs").mkdir(parents=True)
+    for name in ("cnn.pt", "config.json", "outputs/train.plain.npy"):
         (cnn / name).write_bytes(b"weights")
     before = tree(cnn)
-    for out in (cnn, cnn / "checkpoints"):
+    for out in (cnn, cnn / "outputs"):
         code, _, err = cli(["fit-hybrid", "--cnn", cnn, "--out", out, "--overwrite"], capsys)
         one_line_error(code, err, "which this command reads")
     assert tree(cnn) == before
@@ -88,7 +88,7 @@ def test_export_cannot_write_over_the_model(tmp_path, capsys):
 def test_a_run_leaves_no_lock_file_and_marks_its_folder(data, tmp_path, capsys):
     out = tmp_path / "runs" / "ci"
     code, _, _ = cli(["reproduce", "--profile", "ci", "--data", data, "--out", out, "--quiet", *OFFLINE], capsys)
-    assert code == 0 and (out / allkit.study.run.RUN_MARKER).is_file()
+    assert code == 0 and (out / allkit.study.folders.RUN_MARKER).is_file()
     assert [p.name for p in out.parent.iterdir()] == ["ci"]  # no .ci.lock, no staging folder
     code, _, _ = cli(
         ["reproduce", "--profile", "ci", "--data", data, "--out", out, "--quiet", "--overwrite", *OFFLINE], capsys

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,14 @@ import torch
 from cli_helpers import OFFLINE, cli, one_line_error
 from PIL import Image
 
-import allkit.study.run
+import allkit.study.store
 from allkit.cli.main import main
 from allkit.data import Split, build_cache, load_cnmc
 from allkit.errors import DataError, ModelError
 from allkit.hybrid import HybridClassifier
+from allkit.study.config import get_config
 from allkit.study.data_check import check_report
-from allkit.study.run import prepare
+from allkit.study.prepare import prepare
 from allkit.study.synthetic import make_synthetic_cnmc
 
 
@@ -69,7 +71,7 @@ def test_a_failed_run_leaves_no_half_written_folder(tmp_path, data, monkeypatch,
     def crash(*args, **kwargs):
         raise ModelError("simulated failure in the middle of the run")
 
-    monkeypatch.setattr(allkit.study.run, "fit_hybrid", crash)
+    monkeypatch.setattr(allkit.study.store.Run, "save_hybrid", crash)
     code, _, err = cli(["reproduce", "--profile", "ci", "--data", data, "--out", out, "--quiet", *OFFLINE], capsys)
     one_line_error(code, err, "simulated failure")
     assert not out.exists() and not [
@@ -113,7 +115,7 @@ def test_fit_hybrid_refuses_a_cnn_whose_split_changed(tmp_path, data, capsys):
     cnn = tmp_path / "cnn"
     code, _, _ = cli(["train", "--profile", "ci", "--data", data, "--out", cnn, "--quiet", *OFFLINE], capsys)
     assert code == 0
-    train_subjects = json.loads((cnn / "train.json").read_text())["split"]["subjects"]["train"]
+    train_subjects = json.loads((cnn / "config.json").read_text())["split"]["subjects"]["train"]
     gone = next(p for p in (data / "C-NMC_Leukemia").rglob("*.png") if f"_{train_subjects[0]}_" in p.name)
     gone.unlink()  # the data changed after training
     code, _, err = cli(["fit-hybrid", "--cnn", cnn, "--quiet"], capsys)
@@ -125,7 +127,7 @@ def test_evaluate_on_cells_the_model_was_trained_on_warns(finished, capsys):
     root, out = finished
     code, stdout, err = cli(["evaluate", "--model", out / "model", "--data", root, "--json"], capsys)
     result = json.loads(stdout)
-    train = json.loads((out / "metrics.json").read_text())["split"]["subjects"]["train"]
+    train = json.loads((out / "config.json").read_text())["split"]["subjects"]["train"]
     assert code == 0 and set(train) <= set(result["seen_subjects"])
     assert "WARNING" in err and "not on unseen people" in err
 
@@ -141,7 +143,8 @@ def test_a_file_copied_to_another_subject_is_leakage(data):
         return Split(frame[frame["subject"] == original], rest, frame[frame["subject"] == "H99"], "subject", 0)
 
     with pytest.raises(DataError, match="identical picture") as info:
-        prepare("ci", data, backbone="efficientnet_lite0", weights="offline", split=apart, progress=False)
+        config = replace(get_config("ci"), backbone="efficientnet_lite0", weights="offline", fallback_backbone=None)
+        prepare(config, data, split=apart, progress=False)
     assert str(target) in str(info.value) or str(hem) in str(info.value)
 
 
@@ -259,15 +262,15 @@ def test_out_that_is_a_file_or_not_writable_is_refused_first(data, tmp_path, no_
 
 
 @pytest.mark.parametrize("field, value", [("xgb_estimators", -3), ("image_size", -5)])
-def test_a_damaged_train_json_is_one_line(finished, tmp_path, field, value, capsys):
+def test_a_damaged_config_json_is_one_line(finished, tmp_path, field, value, capsys):
     root, _ = finished
     cnn = tmp_path / "cnn"
     assert main(["train", "--profile", "ci", "--data", str(root), "--out", str(cnn), "--quiet", *OFFLINE]) == 0
-    manifest = json.loads((cnn / "train.json").read_text())
-    manifest["profile"][field] = value
-    (cnn / "train.json").write_text(json.dumps(manifest))
+    manifest = json.loads((cnn / "config.json").read_text())
+    manifest["config"][field] = value
+    (cnn / "config.json").write_text(json.dumps(manifest))
     code, _, err = cli(["fit-hybrid", "--cnn", cnn, "--quiet"], capsys)
-    one_line_error(code, err, "train.json", field)
+    one_line_error(code, err, "config.json", field)
 
 
 def test_a_second_fit_hybrid_does_not_replace_the_model_silently(finished, tmp_path, capsys):

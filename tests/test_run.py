@@ -5,6 +5,7 @@ Backbone: the offline ImageNet-pretrained EfficientNet-Lite0, named explicitly s
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-import allkit.study.run
+import allkit.study.store
 from allkit.cli.main import main
 from allkit.data import CellDataset, build_cache, load_cnmc, pixel_digests
-from allkit.errors import ConfigError
 from allkit.hybrid import HybridClassifier
 from allkit.models import head
-from allkit.study.profiles import get_profile
-from allkit.study.recipes import ACROSS, RECIPES, ROBUST_CHANGES, combine
-from allkit.study.run import prepare, reproduce
-from allkit.train import load_checkpoint
+from allkit.study.config import ACROSS, RECIPES, ROBUST_CHANGES, get_config
+from allkit.study.prepare import prepare
+from allkit.study.score import evaluate_folder
+from allkit.study.store import reproduce
+
+LITE0 = {"backbone": "efficientnet_lite0", "weights": "offline", "fallback_backbone": None}
 
 OFFLINE = ["--backbone", "efficientnet_lite0", "--weights", "offline"]
 
@@ -53,7 +55,7 @@ def test_reproduce_writes_metrics_model_and_figures(reproduced):
         assert set(result["table2"]) == {"HEM", "ALL", "accuracy", "macro avg", "weighted avg"}
         assert result["n"] == card["counts"]["test"]["cells"]
     assert len(metrics["history"]) == 1 and {"train_loss", "val_loss"} <= set(metrics["history"][0])
-    rounds = metrics["profile"]["xgb_estimators"]
+    rounds = metrics["config"]["xgb_estimators"]
     assert len(metrics["xgb_evals"]["validation"]["error"]) == rounds
     for name in ("training_curves", "xgb_curves", "confusion_matrix", "samples", "gradcam"):
         with Image.open(reproduced / f"{name}.png") as image:
@@ -98,16 +100,16 @@ def test_train_then_fit_hybrid(synthetic_root, tmp_path, capsys):
     assert code == 0 and "hybrid accuracy on test" in out
     loaded = HybridClassifier.load(tmp_path / "model")
     assert loaded.backbone == "efficientnet_lite0" and loaded.n_features_in_ == 1280
-    (tmp_path / "train.json").write_text('{"profile": ')  # a damaged manifest: one line naming it
+    (tmp_path / "config.json").write_text('{"config": ')  # a damaged record: one line naming it
     code, _, err = run_cli(["fit-hybrid", "--cnn", tmp_path, "--quiet", "--overwrite"], capsys)
-    assert code == 2 and "train.json is not readable JSON" in err and err.count("\n") == 1
+    assert code == 2 and "config.json is not readable JSON" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
         (["evaluate", "--model", "/nonexistent/model", "--data", "."], "does not exist"),
-        (["fit-hybrid", "--cnn", "/nonexistent"], "not a folder written by `allkit train`"),
+        (["fit-hybrid", "--cnn", "/nonexistent"], "is not a finished run"),
         (
             ["reproduce", "--profile", "ci", "--data", "/nonexistent/data", "--out", "/tmp/x", *OFFLINE],
             "does not exist",
@@ -142,8 +144,9 @@ def test_help_has_examples(capsys):
 
 
 def test_inception_gets_its_299_px_input_and_random_weights_on_request(synthetic_root):
-    prepared, model = prepare("ci", synthetic_root, backbone="inception_v3", weights="random", progress=False)
-    assert prepared.profile.image_size == 299 and prepared.card()["image_size"] == 299
+    config = replace(get_config("ci"), backbone="inception_v3", weights=None, fallback_backbone=None)
+    prepared, model = prepare(config, synthetic_root, progress=False)
+    assert prepared.config.image_size == 299 and prepared.card()["image_size"] == 299
     assert any("299" in note for note in prepared.notes)
     assert prepared.datasets["train"][0][0].shape == (3, 299, 299)
 
@@ -153,16 +156,8 @@ def test_real_sample_learns_on_folds_0_1_and_tests_on_fold_2(real_root, tmp_path
     """The ci profile on the real cells: offline Lite0 fine-tuned 1 epoch on 240 cells of the folds 0-1 training
     people, XGBoost, then the test part: fold 2's people, none of whom any step has seen, without the pictures the
     release also files under a training person."""
-    run = reproduce(
-        "ci",
-        real_root,
-        out=tmp_path / "run",
-        backbone="efficientnet_lite0",
-        weights="offline",
-        progress=False,
-        figures=False,
-    )
-    card, split, datasets = run.metrics["run_card"], run.metrics["split"], run.prepared.datasets
+    run = reproduce(replace(get_config("ci"), **LITE0), real_root, out=tmp_path / "run", progress=False, figures=False)
+    card, split, datasets = run.card, run.meta["split"], run.load().data.datasets
     frame = load_cnmc(real_root).frame
     fold_2 = set(frame.loc[frame["fold"] == "fold_2", "subject"])
     assert not card["synthetic"] and card["split"] == "folds"
@@ -194,13 +189,13 @@ def reproduce_with_recipe(recipe, synthetic_root, tmp_path, capsys):
 @pytest.mark.slow
 def test_reproduce_with_the_improved_recipe(synthetic_root, tmp_path, capsys):
     out, metrics = reproduce_with_recipe("improved", synthetic_root, tmp_path, capsys)
-    assert metrics["recipe"]["name"] == "improved" and metrics["run_card"]["recipe"] == "improved"
-    assert metrics["recipe"]["lr_schedule"] == "cosine" and metrics["run_card"]["normalize"] is not False
+    assert metrics["config"]["recipe"] == "improved" and metrics["run_card"]["recipe"] == "improved"
+    assert metrics["config"]["lr_schedule"] == "cosine" and metrics["run_card"]["normalize"] is not False
     manifest = json.loads((out / "model" / "manifest.json").read_text())
     assert manifest["params"]["tta"] is True
     loaded = HybridClassifier.load(out / "model")
     assert loaded.tta is True  # `allkit evaluate` predicts over the eight views too
-    params = load_checkpoint(out / "checkpoints")["params"]  # what the Trainer actually ran with
+    params = json.loads((out / "config.json").read_text())["trainer"]  # what the Trainer actually ran with
     assert params["lr_schedule"] == "cosine" and params["label_smoothing"] == 0.1 and params["keep_best"]
     # the decision threshold was chosen on validation cells, used for the test metrics and saved
     threshold = metrics["thresholds"]["hybrid"]
@@ -213,24 +208,22 @@ def test_reproduce_with_the_improved_recipe(synthetic_root, tmp_path, capsys):
 @pytest.mark.slow
 def test_reproduce_with_the_robust_recipe(synthetic_root, tmp_path, capsys):
     out, metrics = reproduce_with_recipe("robust", synthetic_root, tmp_path, capsys)
-    assert metrics["recipe"] == RECIPES["robust"].to_dict() and metrics["run_card"]["recipe"] == "robust"
+    robust = get_config("ci", "robust")
+    assert metrics["config"] == {**robust.to_dict(), **LITE0} and metrics["run_card"]["recipe"] == "robust"
     # what it changes from the paper's recipe is what the Trainer ran with
-    params = load_checkpoint(out / "checkpoints")["params"]
-    robust = RECIPES["robust"].trainer_kwargs()
+    params = json.loads((out / "config.json").read_text())["trainer"]
     for key in ("lr", "keep_best", "optimizer", "label_smoothing"):
-        assert params[key] == robust[key], key
+        assert params[key] == getattr(robust, key), key
+    assert "StainAugment" in params["augment"] and robust.lr == 1e-4 and robust.keep_best
     cm = np.array(metrics["hybrid"]["confusion_matrix"])
     assert cm.sum() == metrics["run_card"]["counts"]["test"]["cells"]
 
 
 def test_robust_is_the_paper_recipe_with_the_chosen_changes():
-    robust, paper = RECIPES["robust"].to_dict(), RECIPES["paper"].to_dict()
-    changed = {k for k in robust if k != "name" and robust[k] != paper[k]}
-    from_changes = {k for c in ROBUST_CHANGES for k, v in ACROSS[c].to_dict().items() if k != "name" and v != paper[k]}
-    assert changed == from_changes
-    assert combine([]) == RECIPES["paper"].with_overrides(name="robust")
-    with pytest.raises(ConfigError, match="not one of the single changes"):
-        combine(["across-everything"])
+    paper, robust = get_config("sample"), get_config("sample", "robust")
+    changed = {k: v for k, v in robust.to_dict().items() if k != "recipe" and v != getattr(paper, k)}
+    assert changed == {k: v for c in ROBUST_CHANGES for k, v in ACROSS[c].items()} == RECIPES["robust"]
+    assert "across-balanced" not in ROBUST_CHANGES and set(ROBUST_CHANGES) < set(ACROSS)
 
 
 @pytest.mark.slow
@@ -252,17 +245,17 @@ def test_train_with_a_recipe_then_fit_hybrid_keeps_its_tta_and_threshold(synthet
         capsys,
     )
     assert code == 0
-    assert json.loads((tmp_path / "train.json").read_text())["recipe"] == "improved"
-    chosen, real = [], allkit.study.run.choose_threshold
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["recipe"] == "improved"
+    chosen, real = [], allkit.study.store.choose_threshold
 
     def recording(y, p, *args, **kwargs):
         chosen.append((len(y), real(y, p, *args, **kwargs).threshold))
         return real(y, p, *args, **kwargs)
 
-    monkeypatch.setattr(allkit.study.run, "choose_threshold", recording)
+    monkeypatch.setattr(allkit.study.store, "choose_threshold", recording)
     code, out, _ = run_cli(["fit-hybrid", "--cnn", tmp_path, "--quiet"], capsys)
     loaded = HybridClassifier.load(tmp_path / "model")
-    n_val = json.loads((tmp_path / "train.json").read_text())["run_card"]["counts"]["val"]["cells"]
+    n_val = json.loads((tmp_path / "config.json").read_text())["run_card"]["counts"]["val"]["cells"]
     assert code == 0 and loaded.tta is True
     # the improved recipe's decision threshold: chosen once, on the validation cells, and saved with the model
     assert chosen == [(n_val, loaded.threshold)] and f"{loaded.threshold:.3f}" in out
@@ -275,12 +268,14 @@ def test_unknown_recipe_is_refused(capsys):
 
 
 def test_prepare_seeds_the_new_head(synthetic_root):
-    """Same profile and seed -> the same initial model in any process state; another seed -> another head."""
+    """Same configuration and seed -> the same initial model in any process state, whether or not a backbone was
+    tried and fell back first; another training seed -> another head."""
+    config = replace(get_config("ci"), **LITE0)
     torch.manual_seed(123)
-    _, a = prepare("ci", synthetic_root, backbone="efficientnet_lite0", weights="offline", progress=False)
+    _, a = prepare(config, synthetic_root, progress=False)
     torch.rand(1000)  # consume the global RNG: must not matter
-    _, b = prepare("ci", synthetic_root, backbone="efficientnet_lite0", weights="offline", progress=False)
-    _, c = prepare("ci", synthetic_root, backbone="efficientnet_lite0", weights="offline", progress=False, init_seed=7)
+    _, b = prepare(config, synthetic_root, progress=False)
+    _, c = prepare(replace(config, train_seed=7), synthetic_root, progress=False)
     wa, wb, wc = (head(m, "efficientnet_lite0").weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
@@ -295,31 +290,23 @@ def test_real_sample_with_fold_2_as_an_external_test_set(real_root, tmp_path):
     for fold in ("fold_0", "fold_1"):  # links: the shared cells are read in place, never copied
         (training / fold).symlink_to(real_root / "C-NMC_Leukemia" / "training_data" / fold)
     fold_2 = real_root / "C-NMC_Leukemia" / "training_data" / "fold_2"
-    run = reproduce(
-        "ci",
-        tmp_path / "data",
-        out=tmp_path / "run",
-        backbone="efficientnet_lite0",
-        weights="offline",
-        progress=False,
-        figures=False,
-        test_data=fold_2,
-    )
-    split, card = run.metrics["split"], run.metrics["run_card"]
+    config = replace(get_config("ci"), **LITE0)
+    run = reproduce(config, tmp_path / "data", out=tmp_path / "run", progress=False, figures=False, test_data=fold_2)
+    split, card = run.meta["split"], run.card
     assert card["split"] == "subject+external" and card["test_data"] == str(fold_2)
     external_people = set(load_cnmc(fold_2).frame["subject"])
     assert set(split["subjects"]["test"]) <= external_people
     assert external_people.isdisjoint(split["subjects"]["train"] + split["subjects"]["val"])
     assert card["dropped_copies"].get("test", 0) > 0
-    result = allkit.study.run.evaluate_folder(run.out / "model", fold_2, progress=False)
+    result = evaluate_folder(run.dir / "model", fold_2, progress=False)
     assert result["seen_subjects"] == [] and result["n_subjects"] == len(external_people)
 
 
 def test_cells_per_person_are_capped_in_training_and_validation_only(synthetic_root):
-    profile = get_profile("ci").with_overrides(max_cells_per_subject=2, max_train_cells=10_000, max_eval_cells=10_000)
-    prepared, _ = prepare(profile, synthetic_root, backbone="efficientnet_lite0", weights="offline", progress=False)
+    config = replace(get_config("ci"), max_cells_per_subject=2, max_train_cells=10_000, max_eval_cells=10_000, **LITE0)
+    prepared, _ = prepare(config, synthetic_root, progress=False)
     for part in ("train", "val"):
         per_person = prepared.datasets[part].frame.groupby("subject").size()
         assert per_person.max() == 2 and per_person.index.nunique() == prepared.split.parts()[part]["subject"].nunique()
     assert len(prepared.datasets["test"]) == len(prepared.split.test)  # the test part is scored whole
-    assert get_profile("sample").max_cells_per_subject == 80
+    assert get_config("sample").max_cells_per_subject == 80

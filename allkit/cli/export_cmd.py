@@ -7,9 +7,9 @@ from allkit.errors import AllkitError
 
 EXPORT_EXAMPLES = """\
 examples:
-  allkit export --onnx --model runs/sample/model --out deploy/model.onnx
-  allkit export --onnx --model runs/sample/model --out deploy/model.onnx --int8     # + deploy/model.int8.onnx
-  allkit export --onnx --model runs/ci/model --out m.onnx --int8 --calibration ../shared/data \\
+  allkit export --onnx --model run/model --out deploy/model.onnx      # run: `allkit reproduce --out run`
+  allkit export --onnx --model run/model --out deploy/model.onnx --int8     # + deploy/model.int8.onnx
+  allkit export --onnx --model run/model --out m.onnx --int8 --calibration ../shared/data \\
       --check ../shared/data/C-NMC_Leukemia/training_data/fold_1
 
 The ONNX graph is the fine-tuned CNN alone: float32 NCHW RGB in [0, 1] (cells centre-cropped and resized as
@@ -59,22 +59,22 @@ def register(commands, formatter) -> None:
 
 def _cells(hybrid, data, progress: bool):
     """Every labelled cell under the folder ``data``, cached the way ``hybrid``'s training cells were."""
-    from allkit.study.run import folder_cells
+    from allkit.study.score import folder_cells
 
     return folder_cells(hybrid, data, allow_unknown_subjects=True, progress=progress)[1]
 
 
 def _run_training_cells(model, progress: bool):
     """The training cells of the run the model folder belongs to (``runs/<name>/model``)."""
-    from allkit.study.run import load_run, rebuild_prepared
+    from allkit.study.store import CONFIG_FILE, open_run
 
     run_dir = Path(model).resolve().parent
-    if not (run_dir / "metrics.json").is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         raise AllkitError(
-            f"static int8 needs calibration cells: {model} is not inside a run folder (no ../metrics.json); "
+            f"static int8 needs calibration cells: {model} is not inside a run folder (no ../{CONFIG_FILE}); "
             "pass --calibration DATA (training cells) or --int8-mode dynamic"
         )
-    return rebuild_prepared(load_run(run_dir), progress=progress).datasets.get("train")
+    return open_run(run_dir).load(progress=progress).data.datasets.get("train")
 
 
 def run_export(args) -> int:

@@ -7,8 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from allkit.study.profiles import PROFILES, get_profile
-from allkit.study.recipes import RECIPES
+from allkit.study.config import PRESETS, RECIPES
 
 REPRODUCE_EXAMPLES = """\
 examples:
@@ -51,7 +50,7 @@ def _common(parser, *, data_help="C-NMC root (default: ALLKIT_DATA, data/, synth
     )
     parser.add_argument(
         "--profile",
-        choices=sorted(PROFILES),
+        choices=sorted(PRESETS),
         help="run profile (default: ALLKIT_PROFILE; paper on Colab with a GPU, else sample)",
     )
     parser.add_argument("--backbone", help="backbone name (default: the profile's, efficientnet_b0)")
@@ -66,8 +65,8 @@ def _recipe(parser) -> None:
         choices=sorted(RECIPES),
         default="paper",
         help="how the CNN is fine-tuned and predicts: the paper's; 'improved' (selected on validation "
-        "subjects in notebook 11) and 'robust' (chosen on validation donors in notebook 12): neither carried "
-        "over to the external people there",
+        "subjects in notebook 11), 'robust' (chosen on validation donors in notebook 12), or one change of "
+        "notebook 12 (across-*)",
     )
 
 
@@ -92,7 +91,11 @@ def register(commands, formatter) -> None:
     )
     _common(rep)
     _recipe(rep)
-    rep.add_argument("--out", required=True, help="output folder (metrics.json, model/, figures)")
+    rep.add_argument(
+        "--out",
+        help="output folder (config.json, cnn.pt, outputs/, metrics.json, model/, figures; default: the run "
+        "store, RUNS/<profile>/<recipe>-<key>)",
+    )
     _overwrite(rep)
     rep.set_defaults(handler=run_reproduce)
 
@@ -101,7 +104,7 @@ def register(commands, formatter) -> None:
     )
     _common(train)
     _recipe(train)
-    train.add_argument("--out", required=True, help="output folder (cnn.pt, train.json, checkpoints/)")
+    train.add_argument("--out", required=True, help="output folder (config.json, cnn.pt, outputs/)")
     train.add_argument("--epochs", type=positive_int, help="override the profile's epochs")
     _overwrite(train)
     train.set_defaults(handler=run_train)
@@ -131,10 +134,8 @@ def register(commands, formatter) -> None:
         formatter_class=formatter,
     )
     exp.add_argument("--data", help="C-NMC root (default: ALLKIT_DATA, data/, synthetic)")
-    exp.add_argument("--profile", choices=sorted(PROFILES), help="run profile (default: ALLKIT_PROFILE or sample)")
-    exp.add_argument(
-        "--runs", help="runs folder (default: ALLKIT_RUNS or runs/); results go to RUNS/<profile>-experiments"
-    )
+    exp.add_argument("--profile", choices=sorted(PRESETS), help="run profile (default: ALLKIT_PROFILE or sample)")
+    exp.add_argument("--runs", help="the run store (default: ALLKIT_RUNS or runs/); runs go to RUNS/<profile>/")
     exp.add_argument(
         "--chapter",
         choices=CHAPTERS,
@@ -165,76 +166,82 @@ def _print_metrics(title: str, metrics: dict) -> None:
     print(format_table2(pd.DataFrame(metrics["table2"]).T))
 
 
+def config_of(args):
+    """The configuration the options name: the profile, the recipe, then the command line's settings (a backbone
+    or weights named there are used as they are: no offline fallback)."""
+    from dataclasses import replace
+
+    from allkit.study.config import get_config
+
+    config = get_config(args.profile, args.recipe, epochs=getattr(args, "epochs", None))
+    if args.backbone is not None or args.weights is not None:
+        weights = args.weights if args.weights is not None else config.weights
+        weights = None if weights is not None and weights.lower() in ("none", "random") else weights
+        config = replace(config, backbone=args.backbone or config.backbone, weights=weights, fallback_backbone=None)
+    return config
+
+
 def run_reproduce(args) -> int:
-    from allkit.study.run import reproduce
+    from allkit.study.store import reproduce
 
     run = reproduce(
-        args.profile,
+        config_of(args),
         args.data,
         out=args.out,
         overwrite=args.overwrite,
-        backbone=args.backbone,
-        weights=args.weights,
         device=args.device,
         progress=not args.quiet,
-        recipe=args.recipe,
         test_data=args.test_data,
     )
-    card = run.card
+    card, metrics = run.card, run.metrics
     print(
         f"run card: profile {card['profile']}, recipe {args.recipe}, data {card['data']} ({card['data_source']}"
         f"{', SYNTHETIC' if card['synthetic'] else ''}), backbone {card['backbone']} ({card['weights_note']}), "
         f"device {card['device']}"
     )
-    _print_metrics("CNN alone (test)", run.metrics["cnn"])
-    _print_metrics("Hybrid CNN -> XGBoost (test)", run.metrics["hybrid"])
-    print(f"\nwrote {run.out / 'metrics.json'}, {run.out / 'model'}/ and figures")
+    _print_metrics("CNN alone (test)", metrics["cnn"])
+    _print_metrics("Hybrid CNN -> XGBoost (test)", metrics["hybrid"])
+    print(f"\nwrote {run.dir / 'metrics.json'}, {run.dir / 'model'}/ and figures")
     return 0
 
 
 def run_train(args) -> int:
-    from allkit.study.run import finetune, prepare, run_inputs, save_cnn, with_recipe, writing
+    from allkit.study.store import run
 
-    profile = with_recipe(args.profile, args.recipe)
-    if args.epochs is not None:
-        profile = profile.with_overrides(epochs=args.epochs)
-    inputs = run_inputs(args.data, args.test_data, args.weights)
-    with writing(args.out, overwrite=args.overwrite, inputs=inputs) as staging:  # claimed before any work
-        prepared, model = prepare(
-            profile,
-            args.data,
-            backbone=args.backbone,
-            weights=args.weights,
-            device=args.device,
-            progress=not args.quiet,
-            test_data=args.test_data,
-        )
-        trainer = finetune(
-            prepared, model, args.recipe, checkpoint_dir=staging / "checkpoints", progress=not args.quiet
-        )
-        save_cnn(staging, prepared, model, trainer.history_, recipe=args.recipe)
-    out, last = Path(args.out), trainer.history_[-1]
+    done = run(
+        config_of(args),
+        args.data,
+        out=args.out,
+        overwrite=args.overwrite,
+        device=args.device,
+        progress=not args.quiet,
+        test_data=args.test_data,
+    )
+    last = done.history[-1]
     print(
-        f"trained {prepared.backbone} for {len(trainer.history_)} epoch(s): train acc {last['train_acc']:.3f}"
+        f"trained {done.backbone} for {len(done.history)} epoch(s): train acc {last['train_acc']:.3f}"
         + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "")
-        + f"; wrote {out / 'cnn.pt'}"
+        + f"; wrote {done.dir / 'cnn.pt'}"
     )
     return 0
 
 
 def run_fit_hybrid(args) -> int:
-    from allkit.study.run import cnn_inputs, fit_hybrid, load_cnn, writing
+    from allkit.study.folders import claim_folder
+    from allkit.study.store import CNN_FILE, CONFIG_FILE, open_run
 
-    out = Path(args.out) if args.out else Path(args.cnn) / "model"
-    with writing(out, overwrite=args.overwrite, inputs=cnn_inputs(args.cnn)) as staging:
-        prepared, model, recipe = load_cnn(args.cnn, progress=not args.quiet)
-        hybrid = fit_hybrid(prepared, model, recipe, progress=not args.quiet)
+    cnn = Path(args.cnn)
+    out = Path(args.out) if args.out else cnn / "model"
+    inputs = {f"the CNN's {name}": cnn / name for name in (CNN_FILE, CONFIG_FILE, "outputs")}
+    with claim_folder(out, overwrite=args.overwrite, inputs=inputs) as staging:
+        done = open_run(cnn)
+        hybrid = done.hybrid()
         hybrid.save(staging)
-    if recipe.threshold == "validation":
+    if done.config.threshold == "validation":
         print(f"decision threshold on P(ALL), chosen on the validation cells: {hybrid.threshold:.3f}")
     for name in ("val", "test"):
-        if name in prepared.datasets:
-            print(f"hybrid accuracy on {name}: {hybrid.score(prepared.datasets[name]):.3f}")
+        if name in done.meta["parts"]:
+            print(f"hybrid accuracy on {name}: {done.score(name, n_boot=1)['accuracy']:.3f}")
     print(f"wrote {out}")
     return 0
 
@@ -242,7 +249,7 @@ def run_fit_hybrid(args) -> int:
 def run_evaluate(args) -> int:
     import pandas as pd
 
-    from allkit.study.run import evaluate_folder
+    from allkit.study.score import evaluate_folder
 
     result = evaluate_folder(
         args.model, args.data, allow_unknown_subjects=args.allow_unknown_subjects, progress=not args.json
@@ -277,29 +284,28 @@ def run_evaluate(args) -> int:
     return 0
 
 
-def experiment_variants(chapter: str, profile) -> list:
+def experiment_configs(chapter: str, config) -> list:
     """The fine-tunes ``allkit experiments --chapter`` trains, each once (chapters share the paper's)."""
-    from allkit.study.across_study import across_variants
-    from allkit.study.experiments import study_variants
-    from allkit.study.recipe_study import study_seeds
+    from allkit.study.across_study import across_configs
+    from allkit.study.recipe_study import study_configs
 
-    variants = []
+    configs = []
     if chapter in ("9-11", "all"):
-        variants += study_variants(seeds=study_seeds(profile))
+        configs += study_configs(config)
     if chapter in ("12", "all"):
-        variants += across_variants(profile)
-    return list(dict.fromkeys(variants))
+        configs += across_configs(config)
+    return list(dict.fromkeys(configs))
 
 
 def run_experiments(args) -> int:
-    from allkit.study.experiments import run_variant
+    from allkit.study.config import get_config
+    from allkit.study.store import run
 
-    profile = get_profile(args.profile)
-    variants = experiment_variants(args.chapter, profile)
-    for i, variant in enumerate(variants, 1):
-        run = run_variant(variant, profile, args.data, runs_dir=args.runs, progress=not args.quiet)
-        last = run.history[-1]
-        print(f"[{i}/{len(variants)}] {variant.name}: val accuracy (CNN, last epoch) {last['val_acc']:.3f}; {run.dir}")
+    configs = experiment_configs(args.chapter, get_config(args.profile))
+    for i, config in enumerate(configs, 1):
+        done = run(config, args.data, runs=args.runs, progress=not args.quiet)
+        last = done.history[-1]
+        print(f"[{i}/{len(configs)}] {config.recipe}: val accuracy (CNN, last epoch) {last['val_acc']:.3f}; {done.dir}")
     return 0
 
 

@@ -1,7 +1,7 @@
-"""The chapter "Across people", measured: each change of :data:`allkit.study.recipes.ACROSS` fine-tuned on the
-same fold-1 split and seed as the paper's recipe, scored on the fold-1 validation donors (where choices are
-made) and once on the external people (``ALLKIT_TEST_DATA``); a learning curve over the number of training
-donors; and two clearly labelled side roads (per-person feature normalisation, which is transductive, and
+"""The chapter "Across people", measured: each change of :data:`allkit.study.config.ACROSS` fine-tuned on the
+same split and seed as the paper's recipe, scored on the validation donors (where choices are made) and once on
+the test people (fold 2 in the folds protocol: people no step has seen); a learning curve over the number of
+training donors; and two clearly labelled side roads (per-person feature normalisation, which is transductive, and
 frozen ImageNet features with a logistic regression).
 """
 
@@ -12,62 +12,41 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from allkit.hybrid import extract_features
-from allkit.metrics import bootstrap_ci, evaluate_with_ci
 from allkit.study.across import subject_normalised
-from allkit.study.experiments import Variant, VariantRun
-from allkit.study.profiles import Profile
-from allkit.study.recipe_study import recipe_variant, study_seeds
-from allkit.study.recipes import ACROSS
+from allkit.study.config import ACROSS, Config
+from allkit.study.recipe_study import recipe_config, study_seeds
+from allkit.study.score import score_row
+from allkit.study.store import Run
 
-PARTS = {"val": "fold-1 validation donors", "test": "external people"}
+PARTS = {"val": "validation donors", "test": "test people"}
 
 
-def across_seeds(profile: Profile) -> tuple[int, ...]:
+def across_seeds(config: Config) -> tuple[int, ...]:
     """The training seeds at which the chapter compares the paper's and the ``robust`` recipe: three (one in
-    the ``ci`` profile), because the difference between two recipes means something only beside the
+    the ``ci`` preset), because the difference between two recipes means something only beside the
     spread between seeds of one."""
-    return study_seeds(profile, 1 if profile.name == "ci" else 3)
+    return study_seeds(config, 1 if config.name == "ci" else 3)
 
 
-def across_variants(profile: Profile) -> list[Variant]:
-    """Every fine-tune the chapter loads, in the order it loads them: the paper's recipe and each single
-    change of :data:`~allkit.study.recipes.ACROSS` at the profile's seed, then the paper's and the
-    ``robust`` recipe at each of :func:`across_seeds` (named by
-    :func:`~allkit.study.recipe_study.recipe_variant`, so the same fine-tune is found on disk)."""
-    variants = [Variant("paper"), *(Variant(name, recipe=name) for name in ACROSS)]
+def across_configs(config: Config) -> list[Config]:
+    """Every fine-tune the chapter loads, in the order it loads them: the paper's recipe and each single change
+    of :data:`~allkit.study.config.ACROSS` at the preset's seed, then the paper's and the ``robust`` recipe at
+    each of :func:`across_seeds`."""
+    configs = [config.with_recipe("paper"), *(config.with_recipe(name) for name in ACROSS)]
     for recipe in ("paper", "robust"):
-        variants += [recipe_variant(recipe, seed, profile) for seed in across_seeds(profile)]
-    return list(dict.fromkeys(variants))
+        configs += [recipe_config(config, recipe, seed) for seed in across_seeds(config)]
+    return list(dict.fromkeys(configs))
 
 
 def scores(frame: pd.DataFrame, proba: np.ndarray, *, threshold: float = 0.5, n_boot: int = 1000) -> dict:
-    """What transfers to people, for one set of cells: balanced accuracy and AUC with subject-bootstrap 95%
-    intervals, recall of healthy cells (HEM), accuracy against always answering the larger class, and the
-    mean over people of each person's share of cells called right."""
-    p_all = np.asarray(proba)[:, 1]
-    y, subjects = frame["label"].to_numpy(), frame["subject"].astype(str).to_numpy()
-    y_pred = (p_all > threshold).astype(int)
-    result = evaluate_with_ci(y, y_pred, subjects, y_score=p_all, n_boot=n_boot)
-    balanced = bootstrap_ci(y, y_pred, subjects, "balanced_accuracy", n_boot=n_boot)
-    per_person = pd.Series(y == y_pred).groupby(subjects).mean()
-    return {
-        "balanced_accuracy": balanced["estimate"],
-        "balanced_low": balanced["low"],
-        "balanced_high": balanced["high"],
-        "roc_auc": result["roc_auc"],
-        "auc_low": (result["ci"]["roc_auc"] or {}).get("low"),
-        "auc_high": (result["ci"]["roc_auc"] or {}).get("high"),
-        "hem_recall": result["specificity"],
-        "accuracy": result["accuracy"],
-        "majority_baseline": float(max(y.mean(), 1 - y.mean())),
-        "person_mean_accuracy": float(per_person.mean()),
-        "cells": len(y),
-        "people": len(per_person),
-    }
+    """What transfers to people, for one set of cells: :func:`allkit.study.score.score_row` without its name."""
+    row = score_row("", frame, proba, threshold=threshold, n_boot=n_boot)
+    row.pop("setting")
+    return row
 
 
-def variant_rows(run: VariantRun, name: str, *, model: str = "hybrid", kind: str = "plain", n_boot: int = 1000) -> list:
-    """One row per part (validation donors, external people) for ``run``'s hybrid or CNN alone."""
+def variant_rows(run: Run, name: str, *, model: str = "hybrid", kind: str = "plain", n_boot: int = 1000) -> list:
+    """One row per part (validation donors, test people) for ``run``'s hybrid or CNN alone."""
     rows = []
     for part, label in PARTS.items():
         proba = run.hybrid_proba(part, kind) if model == "hybrid" else run.cnn_proba(part, kind)
@@ -75,7 +54,7 @@ def variant_rows(run: VariantRun, name: str, *, model: str = "hybrid", kind: str
     return rows
 
 
-def normalised_rows(run: VariantRun, name: str, *, n_boot: int = 1000) -> list:
+def normalised_rows(run: Run, name: str, *, n_boot: int = 1000) -> list:
     """The hybrid on features centred and scaled within each person (training people included): transductive."""
     hybrid = run.hybrid()
     train = subject_normalised(run.features("train"), run.frame("train")["subject"])
@@ -118,7 +97,7 @@ def donor_curve(features: np.ndarray, frame: pd.DataFrame, donors=(1, 2, 3, 5, 8
     """How much would more healthy donors buy? For each number ``k`` of healthy training donors (and as many
     ALL patients, up to those there are), ``draws`` subject-wise splits of all the people in ``frame``: a
     logistic regression on ``features`` of ``k`` donors and their patients, scored on every other person
-    (AUC and balanced accuracy over cells). Uses the external people for training too: a what-if, not a test."""
+    (AUC and balanced accuracy over cells). Uses the test people for training too: a what-if, not a test."""
     rng = np.random.default_rng(seed)
     people = frame.groupby("subject")["label"].first()
     healthy, sick = people.index[people == 0].to_numpy(), people.index[people == 1].to_numpy()

@@ -15,29 +15,24 @@ backbone gets its own native input size (``get_backbone(name).input_size``: 299 
 where an architecture cannot take the profile's size at all (Inception-v3's auxiliary classifier needs
 299 px in training): the ``note`` column says when that happened.
 
-Results are cached as JSON, one file per backbone, in ``out`` (default ``runs/<profile>-backbones``),
-keyed by the profile, data, backbone, weights and size: a rerun reuses them. Rows whose weights were
-unavailable are not cached (the next run, perhaps with internet, tries again).
+Each row is a run of the store (:func:`allkit.study.store.run`): the profile's own backbone is the chapter's
+main run, trained once, and a rerun opens what is done. A backbone whose weights are unavailable trains nothing
+(the next run, perhaps with internet, tries again).
 """
 
-import json
 import math
 import os
-import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Iterable
+from dataclasses import replace
 
 import pandas as pd
 import torch
 
 from allkit.errors import ModelError
-from allkit.files import write_json
-from allkit.inference import predict_proba
 from allkit.models import BACKBONES, build_model, get_backbone, head
-from allkit.study import paper, workspace
-from allkit.study.profiles import Profile, get_profile
-from allkit.study.run import evaluate_predictions, finetune, fit_hybrid, prepare
-from allkit.study.workspace import test_data_root
+from allkit.study import paper
+from allkit.study.config import Config, get_config
+from allkit.study.store import run
 
 __all__ = [
     "COLUMNS",
@@ -74,7 +69,6 @@ COLUMNS = [
 ]
 #: Smallest input an architecture trains at (Inception-v3's auxiliary head needs a 17x17 Mixed_6e map).
 MIN_TRAIN_SIZE = {"inception_v3": 299}
-_CACHE_VERSION = 2  # 2: the test part (ALLKIT_TEST_DATA) is part of the key
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -128,14 +122,14 @@ def parameter_table(names: Iterable[str] | None = None) -> pd.DataFrame:
     return table.astype(dict.fromkeys(counts, "Int64"))
 
 
-def backbone_image_size(profile: Profile, name: str) -> tuple[int, str]:
-    """The image size ``name`` is trained at under ``profile``, and a note when it is not the profile's."""
+def backbone_image_size(config: Config, name: str) -> tuple[int, str]:
+    """The image size ``name`` is trained at under ``config``, and a note when it is not the configuration's."""
     backbone = get_backbone(name)
-    if profile.name == "paper":
+    if config.name == "paper":
         size = backbone.input_size
-        note = f"{size} px: the backbone's native input size (paper profile)" if size != profile.image_size else ""
+        note = f"{size} px: the backbone's native input size (paper profile)" if size != config.image_size else ""
     else:
-        size, note = profile.image_size, ""
+        size, note = config.image_size, ""
     minimum = MIN_TRAIN_SIZE.get(backbone.name)
     if minimum is not None and size < minimum:
         note = (
@@ -146,41 +140,8 @@ def backbone_image_size(profile: Profile, name: str) -> tuple[int, str]:
     return size, note
 
 
-def _cache_key(profile: Profile, data: str, name: str, weights: str | None, size: int) -> dict:
-    return {
-        "version": _CACHE_VERSION,
-        "profile": profile.to_dict(),
-        "data": data,
-        "test_data": None if test_data_root() is None else str(test_data_root()),
-        "backbone": name,
-        "weights": weights,
-        "image_size": size,
-    }
-
-
-def _read_cache(path: Path, key: dict) -> dict | None:
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return saved.get("row") if saved.get("key") == key else None
-
-
 def _params(name: str) -> int:
     return _count(_shapes_only(name, 2))
-
-
-def _empty_row(name: str, status: str, weights: str | None, size: int, note: str) -> dict:
-    row = dict.fromkeys(COLUMNS, math.nan)
-    row.update(
-        backbone=name,
-        status=status,
-        weights=_weights_label(name, weights),
-        params=_params(name),
-        image_size=size,
-        note=note,
-    )
-    return row
 
 
 def _weights_label(name: str, weights: str | None) -> str:
@@ -192,147 +153,62 @@ def _weights_label(name: str, weights: str | None) -> str:
     return str(weights)
 
 
-def _row_from_metrics(name: str, metrics: dict, seconds: float, note: str) -> dict:
-    card, hybrid = metrics["run_card"], metrics["hybrid"]
-    ci = hybrid["ci"]["accuracy"]
-    test = card["counts"]["test"]
-    row = dict.fromkeys(COLUMNS, math.nan)
-    row.update(
-        backbone=name,
-        status=COMPUTED,
-        weights=_weights_label(name, card["weights"]),
-        params=_params(name),
-        image_size=card["image_size"],
-        cnn_accuracy=metrics["cnn"]["accuracy"],
-        hybrid_accuracy=hybrid["accuracy"],
-        low=ci["low"],
-        high=ci["high"],
-        hybrid_weighted_f1=hybrid["weighted_f1"],
-        test_cells=test["cells"],
-        test_subjects=test["subjects"],
-        seconds=seconds,
-        note=note,
-    )
-    return row
-
-
-def _matching_run(runs: Sequence, profile: Profile, data: str, name: str, size: int):
-    """A finished run that is exactly this row's experiment (same profile, data, backbone and size)."""
-    for run in runs:
-        card = run.card
-        if (
-            card["backbone"] == name
-            and card["data"] == data
-            and card["image_size"] == size
-            and card.get("test_data") == (None if test_data_root() is None else str(test_data_root()))
-            and run.metrics["profile"] == profile.to_dict()
-        ):
-            return run
-    return None
-
-
-def _json_number(value):
-    if hasattr(value, "item"):  # numpy and torch scalars
-        return value.item()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
-class _Unavailable(Exception):
-    """The backbone's weights cannot be had here."""
-
-
-def _train_one(profile: Profile, data, name: str, weights: str | None, size: int, progress: bool):
-    """Fine-tune ``name`` with the profile's recipe at ``size`` and fit the hybrid; the metrics dict."""
-    sized = profile.with_overrides(image_size=size)
-    try:  # the weights alone first (no data work for nothing); a download lands in torch's cache for prepare
-        with torch.random.fork_rng(devices=[]):
-            build_model(name, weights)
-    except ModelError as err:  # the weights cannot be had: no download, no cached file, no offline package
-        raise _Unavailable(str(err)) from err
-    if progress:
-        print(f"{name}: fine-tuning at {size} px, then XGBoost ...")
-    prepared, model = prepare(sized, data, backbone=name, weights=weights, progress=progress)
-    trainer = finetune(prepared, model, progress=progress)
-    test = prepared.datasets["test"]
-    cnn_proba = predict_proba(
-        model,
-        test,
-        batch_size=sized.batch_size,
-        normalize=prepared.normalize,
-        device=prepared.device,
-        progress=progress,
-    )
-    hybrid = fit_hybrid(prepared, model, progress=progress)
-    return {
-        "run_card": prepared.card(),
-        "history": trainer.history_,
-        "cnn": evaluate_predictions(test.frame, cnn_proba, n_boot=sized.n_boot, seed=sized.seed),
-        "hybrid": evaluate_predictions(test.frame, hybrid.predict_proba(test), n_boot=sized.n_boot, seed=sized.seed),
-    }
-
-
 def compare_backbones(
-    profile: Profile | str | None = None,
+    config: Config | str | None = None,
     data_root: str | os.PathLike | None = None,
     names: Iterable[str] = COMPARED,
     weights: str | None = "imagenet",
-    out: str | os.PathLike | None = None,
     progress: bool = True,
     *,
-    runs: Sequence = (),
+    runs: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """One row per backbone: fine-tuned CNN accuracy and hybrid accuracy (with its 95% subject-bootstrap
-    interval) on the profile's test split, or the reason there is none.
+    interval) on the configuration's test part, or the reason there is none.
 
     Args:
-        profile: a :class:`~allkit.study.profiles.Profile` or its name (``ALLKIT_PROFILE``, else ``sample``).
+        config: a :class:`~allkit.study.config.Config` or a preset's name (``ALLKIT_PROFILE``, else ``sample``).
         data_root: the C-NMC folder (``ALLKIT_DATA``, ... as :func:`allkit.study.workspace.data_root`).
         names: backbones of :data:`allkit.models.BACKBONES`.
         weights: ``"imagenet"`` (torchvision's download; the packaged file for ``efficientnet_lite0``).
-        out: cache folder (default ``runs/<profile>-backbones``, or ``$ALLKIT_RUNS/<profile>-backbones``).
         progress: progress bars while caching, training and extracting features.
-        runs: finished runs (e.g. ``ctx.run()``) reused for the backbone they trained when their profile,
-            data and image size are this comparison's: the same experiment is not trained twice.
+        runs: the run store (default :func:`allkit.study.workspace.runs_dir`).
 
     Returns:
         pandas.DataFrame with the columns :data:`COLUMNS`; ``status`` is ``"computed"`` or
         :data:`UNAVAILABLE`, ``params`` the 2-class parameter count (from the architecture, always given),
-        ``low``/``high`` the hybrid accuracy's interval, ``seconds`` the time to fine-tune and fit.
+        ``low``/``high`` the hybrid accuracy's interval, ``seconds`` the time to fine-tune.
     """
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
-    root, _ = workspace.data_root(data_root)
-    data = str(Path(root))
-    out = Path(out) if out is not None else workspace.runs_dir() / f"{profile.name}-backbones"
+    config = config if isinstance(config, Config) else get_config(config)
     rows = []
     for name in names:
         name = get_backbone(name).name
-        size, note = backbone_image_size(profile, name)
-        key = _cache_key(profile, data, name, weights, size)
-        path = out / f"{name}.json"
-        row = _read_cache(path, key)
-        if row is not None:
+        size, note = backbone_image_size(config, name)
+        row = dict.fromkeys(COLUMNS, math.nan)
+        row.update(backbone=name, weights=_weights_label(name, weights), params=_params(name), image_size=size)
+        # No fallback: a row is this backbone or says it could not be had
+        chosen = replace(config, backbone=name, weights=weights, fallback_backbone=None, image_size=size)
+        try:
+            with torch.random.fork_rng(devices=[]):  # the weights alone first: no data work for nothing
+                build_model(name, weights)
+        except ModelError as err:
             if progress:
-                print(f"{name}: reusing {path.parent.name}/{path.name}")
-            rows.append(row)
+                print(f"{name}: {UNAVAILABLE}")
+            rows.append({**row, "status": UNAVAILABLE, "note": f"{note}; {err}" if note else str(err)})
             continue
-        started = time.perf_counter()
-        run = _matching_run(runs, profile, data, name, size)
-        if run is not None:
-            if progress:
-                print(f"{name}: taken from the finished run in runs/{run.out.name}")
-            seconds = run.metrics.get("seconds", {})
-            row = _row_from_metrics(
-                name, run.metrics, seconds.get("finetune", math.nan) + seconds.get("hybrid", math.nan), note
-            )
-        else:
-            try:
-                metrics = _train_one(profile, data, name, weights, size, progress)
-            except _Unavailable as err:
-                if progress:
-                    print(f"{name}: {UNAVAILABLE}")
-                rows.append(_empty_row(name, UNAVAILABLE, weights, size, f"{note}; {err}" if note else str(err)))
-                continue
-            row = _row_from_metrics(name, metrics, time.perf_counter() - started, note)
-        write_json(path, {"key": key, "row": row}, default=_json_number)
+        done = run(chosen, data_root, runs=runs, progress=progress)
+        metrics, ci = done.metrics, done.metrics["hybrid"]["ci"]["accuracy"]
+        test = done.card["counts"]["test"]
+        row.update(
+            status=COMPUTED,
+            cnn_accuracy=metrics["cnn"]["accuracy"],
+            hybrid_accuracy=metrics["hybrid"]["accuracy"],
+            low=ci["low"],
+            high=ci["high"],
+            hybrid_weighted_f1=metrics["hybrid"]["weighted_f1"],
+            test_cells=test["cells"],
+            test_subjects=test["subjects"],
+            seconds=done.meta["seconds"]["finetune"],
+            note=note,
+        )
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)

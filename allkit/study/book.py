@@ -4,7 +4,9 @@
 
     from allkit.study.book import setup
     ctx = setup("04_finetuning")      # prints the run card
-    run = ctx.run()                   # the profile's reproduce() run: loaded if already done, else computed
+    run = ctx.run()                   # the profile's run from the store: loaded if already done, else trained
+    improved = ctx.run("improved")    # the same preset with the improved recipe
+    authors = ctx.run(head="imagenet")  # one setting changed (dataclasses.replace)
 
 On Colab (or anywhere with ``ALLKIT_DOWNLOAD=1``) a missing data set is fetched with kagglehub first. Each
 notebook's first code cell is the same: a Colab form (profile, runs on Google Drive), the pinned install
@@ -12,11 +14,10 @@ notebook's first code cell is the same: a Colab form (profile, runs on Google Dr
 """
 
 import inspect
-import json
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from allkit import perf
@@ -31,16 +32,16 @@ from allkit.constants import (
 )
 from allkit.data import CNMC, load_cnmc
 from allkit.device import select_device
+from allkit.study.config import ENV_PRESET, Config, default_preset, get_config
 from allkit.study.download import download_cnmc
-from allkit.study.profiles import ENV_PROFILE, Profile, default_profile, get_profile
-from allkit.study.run import Run, describe_device, load_run, reproduce, version_line
+from allkit.study.prepare import data_fingerprint, describe_device, version_line
+from allkit.study.store import Run, reproduce, run
 from allkit.study.workspace import (
     ENV_DATA,
     ENV_RUNS,
     ENV_TEST_DATA,
     SyntheticDataWarning,
     data_root,
-    fingerprint,
     has_cnmc,
     local_folders,
     runs_dir,
@@ -182,78 +183,40 @@ def describe_pipeline(normalize: bool = True, train: bool = True, size: int = IM
 
 @dataclass
 class Context:
-    """The notebook's profile, data and run folder."""
+    """The notebook's configuration (its preset), data and run store."""
 
     notebook: str
-    profile: Profile
+    config: Config
     data_root: Path
     data_source: str
     cells: CNMC
     runs_dir: Path
     test_root: Path | None = None
     colab_default: bool = False
-    _run: Run | None = field(default=None, repr=False)
+    _runs: dict = field(default_factory=dict, repr=False)
 
     @property
     def synthetic(self) -> bool:
         return self.cells.synthetic
 
-    @property
-    def run_dir(self) -> Path:
-        return self.runs_dir / self.profile.name
-
-    def run(self, *, progress: bool = True) -> Run:
-        """The profile's full run (fine-tune → XGBoost → scores → figures), reused when already on disk for
-        the same data and profile."""
-        if self._run is None:
-            metrics = self.run_dir / "metrics.json"
-            if metrics.is_file() and (self.run_dir / "model" / "manifest.json").is_file():
-                saved = json.loads(metrics.read_text())
-                same_test = saved["run_card"].get("test_data") == (
-                    None if self.test_root is None else str(self.test_root)
-                )
-                if (
-                    saved.get("profile") == self.profile.to_dict()
-                    and saved["run_card"]["data"] == str(self.data_root)
-                    and same_test
-                ):
-                    self._run = load_run(self.run_dir, with_model=True)
-                    print(f"(reusing the finished run in runs/{self.profile.name})")
-                    return self._run
-            if self.run_dir.exists():
-                print(f"(runs/{self.profile.name} holds a run of other data or settings: it is replaced)")
-            self._run = reproduce(
-                self.profile,
-                self.data_root,
-                out=self.run_dir,
-                overwrite=True,
-                progress=progress,
-                test_data=self.test_root or False,
+    def run(self, recipe: str | None = None, *, progress: bool = True, **changes) -> Run:
+        """The chapter's preset with ``recipe`` (default: the paper's) and ``changes`` (settings of
+        :class:`~allkit.study.config.Config`), run through the store: loaded when this fine-tune is done, else
+        trained once; the hybrid, its scores (``metrics.json``), the saved model and the figures are added."""
+        config = replace(self.config.with_recipe(recipe or "paper"), **changes)
+        if config not in self._runs:
+            main = config == self.config  # the chapter's own run, however asked for: with its saved model and figures
+            self._runs[config] = (reproduce if main else run)(
+                config, self.data_root, runs=self.runs_dir, test_data=self.test_root or False, progress=progress
             )
-        return self._run
-
-    def variant(self, variant, *, progress: bool = True):
-        """One controlled fine-tune of :mod:`allkit.study.experiments` on this profile and data: loaded if
-        already in ``runs/<profile>-experiments/``, else computed now."""
-        from allkit.study.experiments import run_variant
-
-        return run_variant(variant, self.profile, self.data_root, runs_dir=self.runs_dir, progress=progress)
-
-
-def data_fingerprint(cells: CNMC, test_root: Path | None = None) -> str:
-    """The fingerprint of the cells a chapter computes on (:func:`allkit.study.workspace.fingerprint`; with an external
-    test set, both), printed in its run card: the test suite compares a chapter's committed numbers with a new
-    execution only when the data present has the fingerprint they were computed on."""
-    if test_root is None:
-        return fingerprint(cells)
-    return f"{fingerprint(cells)}+{fingerprint(load_cnmc(test_root))}"
+        return self._runs[config]
 
 
 def run_card(ctx: Context) -> dict:
     frame = ctx.cells.frame
     return {
         "notebook": ctx.notebook,
-        "profile": ctx.profile.name
+        "profile": ctx.config.name
         + (" (Colab with a GPU: the paper's protocol by default)" if ctx.colab_default else ""),
         "data": f"{shown(ctx.data_root)} ({ctx.data_source})",
         "tested on": f"{shown(ctx.test_root)}: people the data does not hold"
@@ -263,8 +226,8 @@ def run_card(ctx: Context) -> dict:
         "cells": f"{len(frame)} labelled ({int(frame.label.sum())} ALL / {int((frame.label == 0).sum())} HEM), "
         f"{frame.subject.nunique()} subjects",
         "data fingerprint": data_fingerprint(ctx.cells, ctx.test_root),
-        "backbone (profile)": f"{ctx.profile.backbone} ({ctx.profile.weights} weights; offline fallback: "
-        f"{ctx.profile.fallback_backbone or 'none'})",
+        "backbone (profile)": f"{ctx.config.backbone} ({ctx.config.weights} weights; offline fallback: "
+        f"{ctx.config.fallback_backbone or 'none'})",
         "device": describe_device(select_device("auto")),
         "time on a Colab T4": f"about {T4_MINUTES[ctx.notebook]} min with the paper profile (an estimate, not yet measured)"
         if ctx.notebook in T4_MINUTES
@@ -289,8 +252,8 @@ def setup(
         _runs_on_drive()
     said = _maybe_download() if download and data is None else False
     perf.speed_up()
-    chosen = get_profile(None if profile in (None, "", "auto") else profile)
-    colab_default = profile in (None, "", "auto") and not os.environ.get(ENV_PROFILE) and default_profile() == "paper"
+    chosen = get_config(None if profile in (None, "", "auto") else profile)
+    colab_default = profile in (None, "", "auto") and not os.environ.get(ENV_PRESET) and default_preset() == "paper"
     with warnings.catch_warnings(record=True) as caught:  # printed as a line, not with workspace.py's path
         warnings.simplefilter("always", SyntheticDataWarning)
         root, source = data_root(data, announce=not said)

@@ -11,8 +11,8 @@ each choice's own effect:
 (d) Grad-CAM computed for ImageNet class 181 instead of ALL or HEM (:func:`class_181_gradcam`);
 (e) no ImageNet normalisation of the input.
 
-Inputs are :class:`allkit.study.experiments.VariantRun` objects (see
-``allkit.study.experiments.study_variants``).
+Inputs are :class:`allkit.study.store.Run` objects (the fine-tunes of
+:func:`allkit.study.recipe_study.study_configs`).
 """
 
 import numpy as np
@@ -22,7 +22,8 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from allkit.errors import ConfigError
 from allkit.explain import GradCamResult, gradcam
 from allkit.models import get_backbone
-from allkit.study.experiments import VariantRun, score_row
+from allkit.study.score import score_row
+from allkit.study.store import Run
 
 IMAGENET_CLASS_181 = 181
 
@@ -36,9 +37,9 @@ CHOICES = {
 
 
 def authors_code_rows(
-    correct: VariantRun,
-    authors_head: VariantRun,
-    no_normalization: VariantRun,
+    correct: Run,
+    authors_head: Run,
+    no_normalization: Run,
     *,
     split: str = "test",
     n_boot: int = 1000,
@@ -47,18 +48,18 @@ def authors_code_rows(
 ) -> list[dict]:
     """Scores on ``split`` with each of the authors' choices (a), (b), (e) against the correct one:
     accuracy, weighted F1 and ROC AUC with 95% subject-bootstrap intervals (rows of
-    :func:`allkit.study.experiments.score_row`, with a ``choice`` key). ``model``: ``"hybrid"`` (for (b), XGBoost
+    :func:`allkit.study.score.score_row`, with a ``choice`` key). ``model``: ``"hybrid"`` (for (b), XGBoost
     on the kept head's 1000 logits) or ``"cnn"`` (the CNN alone; for (b), the kept ImageNet head scored on
     its outputs 0 and 1)."""
     if model == "hybrid":
         names = {"-": "correct: 1280-d features, normalised, one plain view", "b": f"(b) {CHOICES['b']}"}
 
-        def proba(run: VariantRun, kind: str) -> np.ndarray:
+        def proba(run: Run, kind: str) -> np.ndarray:
             return run.hybrid_proba(split, kind, source="logits" if run is authors_head else "features")
     elif model == "cnn":
         names = {"-": "correct", "b": "(b) the ImageNet head kept (outputs 0 and 1)"}
 
-        def proba(run: VariantRun, kind: str) -> np.ndarray:
+        def proba(run: Run, kind: str) -> np.ndarray:
             return run.cnn_proba(split, kind)
     else:
         raise ConfigError(f"model={model!r}; expected 'hybrid' or 'cnn'")
@@ -75,18 +76,18 @@ def authors_code_rows(
     ]
 
 
-def cnn_rows(correct: VariantRun, authors_head: VariantRun, no_normalization: VariantRun, **kwargs) -> list[dict]:
+def cnn_rows(correct: Run, authors_head: Run, no_normalization: Run, **kwargs) -> list[dict]:
     """The same comparison for the CNN alone: ``authors_code_rows(..., model="cnn")``."""
     return authors_code_rows(correct, authors_head, no_normalization, model="cnn", **kwargs)
 
 
-def outside_binary(run: VariantRun, split: str = "test") -> float:
+def outside_binary(run: Run, split: str = "test") -> float:
     """Fraction of cells whose argmax over the kept 1000-output head is neither output 0 nor 1: what the
     authors' CNN-alone accuracy counts as wrong whatever the cell."""
     return float(np.mean(run.logits(split).argmax(axis=1) >= 2))
 
 
-def unseeded_split_spread(run: VariantRun, *, n_draws: int = 20, source: str = "hybrid") -> pd.DataFrame:
+def unseeded_split_spread(run: Run, *, n_draws: int = 20, source: str = "hybrid") -> pd.DataFrame:
     """Choice (c): the held-out cells (validation + test subjects) halved into validation and test **by
     image**, as the authors' unseeded ``random_split`` did, ``n_draws`` times. The same fine-tuned model
     scores every draw; only which cells land in "test" changes. Draw ``i`` uses seed ``i`` so the book is
@@ -138,7 +139,7 @@ def spread_row(spread: pd.DataFrame, name: str) -> dict:
     return row
 
 
-def leakage_rows(subject_run: VariantRun, image_run: VariantRun, *, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+def leakage_rows(subject_run: Run, image_run: Run, *, n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """The same recipe, the same cells, split by subject (honest) or by image (leaky): CNN and hybrid on
     each split's test part, with 95% subject-bootstrap intervals."""
     kw = {"n_boot": n_boot, "seed": seed}
@@ -162,7 +163,7 @@ def leakage_rows(subject_run: VariantRun, image_run: VariantRun, *, n_boot: int 
     return rows
 
 
-def split_overlap(run: VariantRun) -> pd.DataFrame:
+def split_overlap(run: Run) -> pd.DataFrame:
     """Per part of a run's split: cells, subjects, and subjects that also have cells in the training part."""
     train_subjects = set(run.frame("train")["subject"])
     rows = []
@@ -185,19 +186,17 @@ def imagenet_class_name(index: int) -> str:
     return get_backbone("efficientnet_b0").imagenet_weights().meta["categories"][index]
 
 
-def class_181_gradcam(
-    run: VariantRun, *, n_per_class: int = 3, split: str = "test"
-) -> tuple[GradCamResult, GradCamResult]:
+def class_181_gradcam(run: Run, *, n_per_class: int = 3, split: str = "test") -> tuple[GradCamResult, GradCamResult]:
     """Choice (d): Grad-CAM of the kept-ImageNet-head model for class 181 (the authors' target) and for the
     cell's true class, on the same cells. Returns ``(result_181, result_true)``
     (:class:`allkit.explain.GradCamResult`)."""
-    run.ensure_loaded()
-    dataset = run.prepared.datasets[split]
+    run.load()
+    dataset = run.data.datasets[split]
     frame = dataset.frame
     picks = pd.concat([g.head(n_per_class) for _, g in frame.groupby("label")]).index.to_numpy()
     images = dataset.__getitems__(picks)[0]
     labels = frame.loc[picks, "label"].to_numpy()
-    normalize = run.prepared.normalize
+    normalize = run.data.normalize
     authors = gradcam(run.model, run.backbone, images, IMAGENET_CLASS_181, labels, normalize=normalize)
     # class indices, not "true": on a 1000-output head outputs 0 and 1 are what fine-tuning made HEM and ALL
     correct = gradcam(run.model, run.backbone, images, [int(v) for v in labels], labels, normalize=normalize)

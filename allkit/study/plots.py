@@ -598,3 +598,27 @@ def plot_gradcam_result(result: GradCamResult, title: str = "Grad-CAM", **kwargs
 def plot_gradcam(model, backbone, images, labels, *, normalize=True, target="true", title="Grad-CAM") -> Figure:
     """Grad-CAM of ``model`` for uint8 ``images`` [B, 3, H, W] (the true class by default), as a figure."""
     return plot_gradcam_result(gradcam(model, backbone, images, target, labels, normalize=normalize), title=title)
+
+
+def save_run_figures(run) -> dict[str, Path]:
+    """A run's training curves, XGBoost curves, confusion matrix, sample grid and Grad-CAM grid, as PNG in its
+    folder (``run``: an :class:`allkit.study.store.Run`)."""
+    card, metrics = run.card, run.metrics
+    where = f"{card['backbone']}, {card['profile']} profile{', SYNTHETIC data' if card['synthetic'] else ''}"
+    figures = {
+        "training_curves": plot_training_curves(run.history, title=f"Fine-tuning ({where})"),
+        "xgb_curves": plot_xgb_curves(metrics["xgb_evals"], title=f"XGBoost on CNN features ({where})"),
+        "confusion_matrix": plot_confusion_matrix(
+            np.array(metrics["hybrid"]["confusion_matrix"]), title=f"Hybrid, test cells ({where})"
+        ),
+    }
+    run.load()
+    test, n = run.data.datasets["test"], run.config.n_gradcam
+    picks = test.frame.groupby("label").head(n).index.to_numpy()
+    images, labels = test.__getitems__(picks)
+    figures["samples"] = plot_sample_grid(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), n_per_class=n)
+    figures["gradcam"] = plot_gradcam(run.model, run.backbone, images, labels.numpy(), normalize=run.data.normalize)
+    saved = {name: save_figure(fig, Path(run.dir) / f"{name}.png") for name, fig in figures.items()}
+    for fig in figures.values():
+        plt.close(fig)
+    return saved

@@ -6,54 +6,68 @@ paper's, on the same subject-wise split, and both are scored once on the **test*
 (:func:`comparison_rows`, :func:`summary`).
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from allkit.errors import ConfigError
-from allkit.study.calibration import choose_threshold
-from allkit.study.experiments import Variant, VariantRun, score_row
-from allkit.study.profiles import Profile
+from allkit.study.config import Config
+from allkit.study.score import score_row
+from allkit.study.store import Run
 
 
-def study_seeds(profile: Profile, n: int | None = None) -> tuple[int, ...]:
-    """Training seeds per recipe: ``n``, by default two (one in the ``ci`` profile, to keep tests fast).
+def study_seeds(config: Config, n: int | None = None) -> tuple[int, ...]:
+    """Training seeds per recipe: ``n``, by default two (one in the ``ci`` preset, to keep tests fast).
     Two is the least that shows seed-to-seed variation; it is what a 2-core CPU finishes for the
     book's ``sample`` run (each fine-tune takes 7-25 minutes there). Pass more on a GPU."""
     if n is None:
-        n = 1 if profile.name == "ci" else 2
-    return tuple(profile.seed + i for i in range(n))
+        n = 1 if config.name == "ci" else 2
+    return tuple(config.seed + i for i in range(n))
 
 
-def recipe_variant(recipe: str, seed: int, profile: Profile) -> Variant:
-    """The :class:`allkit.study.experiments.Variant` of ``recipe`` at training ``seed`` (named as in
-    :func:`allkit.study.experiments.study_variants`, so the same fine-tune is found on disk)."""
-    name = recipe if seed == profile.seed else f"{recipe}-seed{seed}"
-    return Variant(name, recipe=recipe, seed=None if seed == profile.seed else seed)
+def recipe_config(config: Config, recipe: str, seed: int) -> Config:
+    """``config`` with ``recipe`` fine-tuned at training ``seed`` (the split stays the configuration's)."""
+    return replace(config.with_recipe(recipe), train_seed=None if seed == config.seed else seed)
 
 
-def predict(run: VariantRun, split: str, *, model: str = "hybrid", tta: bool | None = None) -> np.ndarray:
+def study_configs(config: Config) -> list[Config]:
+    """Every fine-tune notebooks 09-11 use: the paper's and the improved recipe at :func:`study_seeds`, and one
+    setting changed at a time from the paper's (the authors' kept ImageNet head, no normalisation, a test part
+    inside the data, the leaky by-image split, class weights)."""
+    paper = config.with_recipe("paper")
+    configs = [
+        paper,
+        config.with_recipe("improved"),
+        replace(paper, head="imagenet"),
+        replace(paper, normalize=False),
+        replace(paper, test="internal"),
+        replace(paper, split="image"),
+        replace(paper, class_weight="balanced"),
+    ]
+    for seed in study_seeds(config)[1:]:
+        configs += [recipe_config(config, "paper", seed), recipe_config(config, "improved", seed)]
+    return configs
+
+
+def predict(run: Run, split: str, *, model: str = "hybrid", tta: bool | None = None) -> np.ndarray:
     """``[HEM, ALL]`` probabilities of ``run`` on ``split``: the hybrid or the CNN alone, with dihedral
-    test-time augmentation if ``tta`` (default: what the run's recipe says)."""
-    kind = "tta" if (run.recipe.tta if tta is None else tta) else "plain"
-    if model == "hybrid":
-        return run.hybrid_proba(split, kind)
-    if model == "cnn":
-        return run.cnn_proba(split, kind)
-    raise ConfigError(f"model={model!r}; expected 'hybrid' or 'cnn'")
+    test-time augmentation if ``tta`` (default: what the run's configuration says)."""
+    kind = "tta" if (run.config.tta if tta is None else tta) else "plain"
+    if model not in ("hybrid", "cnn"):
+        raise ConfigError(f"model={model!r}; expected 'hybrid' or 'cnn'")
+    return run.proba(split, model, kind)
 
 
-def threshold_for(run: VariantRun, *, model: str = "hybrid", tta: bool | None = None, rule: str | None = None) -> float:
-    """The decision threshold on P(ALL) the run's recipe prescribes (``rule`` overrides it): 0.5 for
-    ``"argmax"``, or the one with the best balanced accuracy on the **validation** cells for
-    ``"validation"`` (:func:`allkit.study.calibration.choose_threshold`)."""
-    rule = rule or run.recipe.threshold
-    if rule == "argmax":
-        return 0.5
-    return float(choose_threshold(run.labels("val"), predict(run, "val", model=model, tta=tta)).threshold)
+def threshold_for(run: Run, *, model: str = "hybrid", tta: bool | None = None, rule: str | None = None) -> float:
+    """The decision threshold on P(ALL) the run's configuration prescribes (``rule`` overrides it): 0.5 for
+    ``"argmax"``, or the one with the best balanced accuracy on the **validation** cells for ``"validation"``."""
+    kind = "tta" if (run.config.tta if tta is None else tta) else "plain"
+    return run.threshold(model, kind, rule)
 
 
-def selection_rows(paper: VariantRun, improved: VariantRun, *, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+def selection_rows(paper: Run, improved: Run, *, n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """Validation scores of every combination: fine-tune (paper / improved) x model (CNN / hybrid) x
     test-time views (one / eight). Only the validation subjects are used."""
     rows = []
@@ -84,8 +98,8 @@ def best_on_validation(rows: list[dict], model: str = "hybrid") -> dict:
 
 
 def comparison_rows(
-    paper_runs: list[VariantRun],
-    improved_runs: list[VariantRun],
+    paper_runs: list[Run],
+    improved_runs: list[Run],
     *,
     split: str = "test",
     model: str = "hybrid",
@@ -100,7 +114,7 @@ def comparison_rows(
             rows.append(
                 {
                     **score_row(
-                        f"{recipe} recipe, seed {run.seed}",
+                        f"{recipe} recipe, seed {run.config.training_seed}",
                         run.frame(split),
                         predict(run, split, model=model),
                         threshold=threshold,
@@ -108,7 +122,7 @@ def comparison_rows(
                         seed=seed,
                     ),
                     "recipe": recipe,
-                    "seed": run.seed,
+                    "seed": run.config.training_seed,
                     "threshold": threshold,
                 }
             )
@@ -124,7 +138,7 @@ ABLATION = (  # (name, fine-tune, test-time views, threshold rule)
 
 
 def ablation(
-    paper_runs: list[VariantRun], improved_runs: list[VariantRun], *, split: str = "test", model: str = "hybrid"
+    paper_runs: list[Run], improved_runs: list[Run], *, split: str = "test", model: str = "hybrid"
 ) -> pd.DataFrame:
     """Where a gain comes from: mean accuracy and ROC AUC over seeds on ``split`` of the paper recipe, the
     paper recipe with the validation threshold, the improved fine-tune and views at 0.5, and the whole

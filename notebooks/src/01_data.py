@@ -124,22 +124,22 @@ if ctx.synthetic:
     print("These counts describe allkit's SYNTHETIC stand-in, not C-NMC 2019.")
 
 # %% [markdown]
-# The copy this book's pages were executed on (see the run card) is **fold 1 of the training set only**:
-# a real but partial sample, complete for that fold. Two consequences run through the whole book. First,
-# with one fold there is no preliminary test set, so the paper's train/test protocol cannot be followed
-# as written. Second, a fold holds only a handful of **healthy subjects** (counted above): any
-# evaluation on fold 1 alone has one or two healthy donors in its test part, a small and noisy basis for
-# any claim about how well healthy cells are recognised.
+# The copy this book's pages were executed on (see the run card) is the release's **training set**, its
+# three folds, without the preliminary test set. Two consequences run through the whole book. First,
+# without the preliminary test set the paper's train/test protocol cannot be followed as written.
+# Second, only about a third of the subjects are **healthy** (counted above): every part of a split
+# holds few healthy donors, a small and noisy basis for any claim about how well healthy cells are
+# recognised.
 #
-# ## The test people: an external test set
+# ## The test people: fold 2
 #
-# To test on more people than fold 1 can spare, the book's runs use an **external test set**: C-NMC
-# 2019 training cells of people who are *not* in fold 1, recovered from public copies of the data set
-# (folds 0 and 2; which fold each person came from is not known). A run finds it through the
-# `ALLKIT_TEST_DATA` variable; the run card above says whether this chapter has it. Everything the
-# models are trained on and everything that is chosen (epochs, thresholds) comes from fold 1; the
-# external people are used once, to measure. Without the variable (e.g. on Colab with the full download),
-# the test part is split from the data itself, as the paper does.
+# The release made its folds by person: nobody is in two folds. The `sample` and `ci` profiles use that.
+# Everything the models are trained on and everything that is chosen (epochs, thresholds) comes from
+# **folds 0 and 1**, split by subject into training and validation; **fold 2** is the test part, people
+# that no step of the method has seen, used once, to measure. Where the folds are not there, the test part
+# is split from the data by subject; the `paper` profile follows the paper's protocol when the
+# preliminary test set is present. A run can also be given a separate folder of other people to test on
+# (the `ALLKIT_TEST_DATA` variable); the run card above says whether this chapter has one.
 
 # %%
 from allkit.data import check_leakage, load_cnmc
@@ -147,7 +147,8 @@ from allkit.study.book import shown
 
 if ctx.test_root is None:
     external = None
-    print("No external test set here: the test part of a run is split from the data.")
+    print("No separate test folder here: the test part of a run comes from the data "
+          "itself (fold 2 where the folds are there).")
 else:
     external = load_cnmc(ctx.test_root).frame.assign(fold="external")
     print(f"external test set ({shown(ctx.test_root)}): {len(external)} cells of "
@@ -164,12 +165,11 @@ else:
     print("  people in both the data and the external set: none (check_leakage passed)")
 
 # %% [markdown]
-# The external people are many more than fold 1 could give a test part, which is the point: a result
-# on them says something about *new* people, healthy ones included. Two things to keep in mind when
-# reading their scores in later chapters. The number of cells per person is very uneven (printed
-# above), so an accuracy over cells is mostly an accuracy over the few people with the most cells; the
-# book therefore reports per-person figures and intervals bootstrapped over people beside it. And the
-# class mix is not fold 1's (next section).
+# A result on the test people says something about *new* people, healthy ones included. Two things to
+# keep in mind when reading their scores in later chapters. The number of cells per person is very
+# uneven (next section), so an accuracy over cells is mostly an accuracy over the few people with the
+# most cells; the book therefore reports per-person figures and intervals bootstrapped over people
+# beside it. And the class mix differs from one part of the data to another (the section after).
 #
 # ## Cells per subject
 
@@ -228,7 +228,7 @@ for name, cells in sources.items():
 # ## Class imbalance and the baseline
 #
 # About two thirds of the cells of the training set are ALL. Here are the shares in the published
-# counts, in the data here and in the external test people:
+# counts, in the data here and, where there is one, in a separate test folder:
 
 # %%
 from allkit.study import paper
@@ -280,7 +280,7 @@ from PIL import Image
 
 from allkit.study.plots import plot_sample_grid
 
-rng = np.random.default_rng(ctx.profile.seed)
+rng = np.random.default_rng(ctx.config.seed)
 picks = []
 for label in (0, 1):
     cells = frame[frame.label == label]
@@ -316,7 +316,7 @@ def cell_area(path):
     return float((pixels.sum(axis=-1) > 30).mean())  # share of non-black pixels
 
 
-shuffled = frame.sample(frac=1, random_state=ctx.profile.seed)
+shuffled = frame.sample(frac=1, random_state=ctx.config.seed)
 sampled = shuffled.groupby("subject").head(30)
 sampled = sampled.assign(area=[cell_area(p) for p in sampled.path])
 order = (sampled.groupby(["class_name", "subject"]).area.median().reset_index()
@@ -349,14 +349,16 @@ for name in ("ALL", "HEM"):
 #
 # So allkit splits the **subjects**: every subject goes, with all its cells, into exactly one part, and
 # the subjects of each class are divided separately so every part has both classes. Every run of the
-# book gets its split from one function, `make_split`. With an external test set it splits the data
-# into **training and validation** only, by subject, and the external people are the test part; without
-# one it splits the data into training, validation and test by subject (or, when the preliminary test
-# set is present and the profile asks for it, follows the paper's protocol):
+# book gets its split from one function, `make_split`. With the release's folds (the `sample` and `ci`
+# profiles) fold 2 is the test part and folds 0 and 1 are split by subject into **training and
+# validation**; with a separate test folder, the data is split into training and validation only and the
+# folder's people are the test part; otherwise the data is split into training, validation and test by
+# subject (or, when the preliminary test set is present and the profile asks for it, the paper's
+# protocol is followed):
 
 # %%
 from allkit.study.book import show_source
-from allkit.study.run import make_split
+from allkit.study.prepare import make_split
 
 show_source(make_split)
 
@@ -364,9 +366,9 @@ show_source(make_split)
 # Here is that split for this chapter's profile and data: the people in each part, by class.
 
 # %%
-split = make_split(frame, ctx.profile, external)
+split = make_split(frame, ctx.config, external)
 print(f"protocol: {split.protocol}, seed {split.seed}; validation: "
-      f"{ctx.profile.val_size:.0%} of each class's subjects")
+      f"{ctx.config.val_size:.0%} of each class's subjects")
 
 
 def people(cells, name):
@@ -381,20 +383,23 @@ for part, cells in split.parts().items():
 donors = {part: cells[cells.label == 0].subject.nunique()
           for part, cells in split.parts().items()}
 print("healthy donors per part: " + ", ".join(f"{k} {v}" for k, v in donors.items()))
-if ctx.profile.max_train_cells:
-    print(f"the {ctx.profile.name} profile then trains on at most "
-          f"{ctx.profile.max_train_cells} cells and scores at most "
-          f"{ctx.profile.max_eval_cells} per part (drawn per subject)")
+if ctx.config.max_cells_per_subject:
+    print(f"the {ctx.config.name} profile then keeps at most "
+          f"{ctx.config.max_cells_per_subject} cells of each person in training and "
+          "validation (a seeded draw)")
+if ctx.config.max_train_cells:
+    print(f"the {ctx.config.name} profile then trains on at most "
+          f"{ctx.config.max_train_cells} cells and scores at most "
+          f"{ctx.config.max_eval_cells} per part (drawn per subject)")
 split.summary()
 
 # %% [markdown]
 # Every subject belongs to exactly one part (parts with many people are counted rather than listed),
 # and the table counts the cells and subjects in each part and class. Look at the healthy donors per
-# part: with so few of them in fold 1, the validation part's healthy cells come from very few people,
+# part: with so few of them in the data, the validation part's healthy cells come from very few people,
 # so every choice made on validation (which epoch, which threshold) rests on them. Note also how
 # differently the parts are mixed (the share of ALL per line): the accuracy of "always ALL" moves with
-# it. Where the run has an external test set, the test part is where it earns its place: many more
-# people of both classes, none seen in training.
+# it. The test part holds people of both classes whom no step has seen, and it is used only to measure.
 #
 # ### The leakage guard
 #
@@ -410,7 +415,7 @@ from allkit.data import split_by_image
 from allkit.errors import DataError, SubjectLeakageError
 
 train_cells, test_cells = train_test_split(frame, test_size=0.2, stratify=frame.label,
-                                           random_state=ctx.profile.seed)
+                                           random_state=ctx.config.seed)
 shared = set(train_cells.subject) & set(test_cells.subject)
 siblings = test_cells.subject.isin(shared).mean()
 print(f"by-image split: {len(test_cells)} test cells; {siblings:.0%} "
@@ -475,17 +480,19 @@ else:
 
 # %% [markdown]
 # The first two panels are the two files of the first pair; the third is their pixel-wise difference,
-# uniformly black (a maximum of 0) because the files are identical. Because each pair lies within one
+# uniformly black (a maximum of 0) because the files are identical. Where a pair lies within one
 # subject, a subject-wise split always keeps both copies on the same side, so they cannot leak into a
 # test set; they only give that cell double weight. allkit keeps them and reports them rather than
-# silently deleting data. Duplicates *across* subjects or folds would be a real leak, and
-# `allkit data check` would list them under leakage.
+# silently deleting data. A picture filed under *two* people (the subjects printed beside each group,
+# and the report's notes, say whether the data has any) would be a real leak: allkit's splits keep
+# such people on one side, or drop the copies from the evaluation side.
 #
 # ## Summary
 #
 # - C-NMC 2019 is single segmented cells, labelled by subject: ALL = 1 (patients), HEM = 0 (healthy).
-# - The data on the book's pages is fold 1 of the training set, with few healthy subjects: it is split
-#   by subject into training and validation, and the test part is an external set of other people.
+# - The data on the book's pages is the release's training set, with few healthy subjects: folds 0 and
+#   1 are split by subject into training and validation, and fold 2 is the test part, people that no
+#   step has seen.
 # - About two thirds of the cells are ALL, so "always ALL" is the baseline to beat, and its score
 #   differs between data sets; cells per subject are very uneven, so accuracy over cells favours the
 #   largest subjects.
@@ -564,10 +571,10 @@ print(f"mean accuracy over people: {per_person.mean():.3f} "
 #
 # ```{exercise}
 # :label: ex-01-darker
-# The notes of the external test set warn that fold 1's healthy donors have darker cells than its ALL
-# patients. Measure the mean brightness of the cell pixels (not the black background) for 30 cells of
-# every person in the training part and in the test part. Choose the brightness cut that best separates
-# the training people by class, and see how many test people it classifies correctly.
+# Cells of one person share a staining batch, so a few healthy donors can happen to have darker cells
+# than the ALL patients. Measure the mean brightness of the cell pixels (not the black background) for
+# 30 cells of every person in the training part and in the test part. Choose the brightness cut that
+# best separates the training people by class, and see how many test people it classifies correctly.
 # ```
 #
 # ```{solution-start} ex-01-darker
@@ -581,7 +588,7 @@ def brightness(path):
 
 
 def person_brightness(cells):
-    few = cells.sample(frac=1, random_state=ctx.profile.seed)
+    few = cells.sample(frac=1, random_state=ctx.config.seed)
     few = few.groupby("subject").head(30)
     few = few.assign(brightness=[brightness(p) for p in few.path])
     return few.groupby("subject").agg(label=("label", "first"),
@@ -619,7 +626,7 @@ print(f"test donors darker than the cut: {(test_donors.brightness <= cut).sum()}
 # lines show: the cut chosen on the training people is applied unchanged to people it has never seen.
 # Set its share of right answers against "always ALL" on the same people (printed beside it), and count
 # the healthy test donors it still calls healthy: the gap between the training and the test lines is
-# the part of the shortcut that belonged to the few donors of fold 1, not to the disease.
+# the part of the shortcut that belonged to the few training donors, not to the disease.
 # {doc}`12_across_people` returns to this with augmentations that make colour less useful to the
 # network.
 #

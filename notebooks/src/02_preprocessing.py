@@ -87,7 +87,7 @@ def asymmetry(path):  # how much the outline changes under the two flips
 
 
 all_cells = frame[frame.label == 1]
-candidates = all_cells.sample(min(40, len(all_cells)), random_state=ctx.profile.seed)
+candidates = all_cells.sample(min(40, len(all_cells)), random_state=ctx.config.seed)
 most_asymmetric = max(candidates.index, key=lambda i: asymmetry(candidates.path[i]))
 cell = candidates.loc[most_asymmetric]
 original = Image.open(cell.path).convert("RGB")
@@ -192,30 +192,31 @@ print(f"decode_cell + to_model_input equals them too: "
 # fine-tuning can partly adapt (batch norm re-estimates its statistics while training), but it spends
 # part of its epochs doing so.
 #
-# allkit's profiles handle this as follows (the profile is chosen with `ALLKIT_PROFILE`):
+# allkit's profiles (the presets of `allkit.study.config`, chosen with `ALLKIT_PROFILE`) handle this
+# as follows:
 
 # %%
 from allkit.models import get_backbone
-from allkit.study.profiles import PROFILES
+from allkit.study.config import PRESETS
 
 
 def rounded(values):
     return tuple(round(v, 3) for v in values)
 
 
-for profile in PROFILES.values():
-    if not profile.normalize:
+for preset in PRESETS.values():
+    if not preset.normalize:
         how = "no normalisation: [0, 1] input, as the paper's pipeline"
     else:
-        mean, std = get_backbone(profile.backbone).mean_std
-        how = (f"the backbone's own statistics ({profile.backbone}: "
+        mean, std = get_backbone(preset.backbone).mean_std
+        how = (f"the backbone's own statistics ({preset.backbone}: "
                f"mean {rounded(mean)}, std {rounded(std)})")
-        if profile.fallback_backbone:
-            mean, std = get_backbone(profile.fallback_backbone).mean_std
-            how += (f"; offline fallback {profile.fallback_backbone}: "
+        if preset.fallback_backbone:
+            mean, std = get_backbone(preset.fallback_backbone).mean_std
+            how += (f"; offline fallback {preset.fallback_backbone}: "
                     f"mean {rounded(mean)}, std {rounded(std)}")
-    marker = "  <- this run" if profile.name == ctx.profile.name else ""
-    print(f"{profile.name:>6}: {how}{marker}")
+    marker = "  <- this run" if preset.name == ctx.config.name else ""
+    print(f"{preset.name:>6}: {how}{marker}")
 
 # %% [markdown]
 # The `paper` profile reproduces the paper, so it does not normalise. The `sample` and `ci` profiles
@@ -260,7 +261,7 @@ for c, name in enumerate("RGB"):
 # was trained with. Compare the statistics of a few dozen cells with ImageNet's:
 
 # %%
-sample = frame.sample(min(64, len(frame)), random_state=ctx.profile.seed)
+sample = frame.sample(min(64, len(frame)), random_state=ctx.config.seed)
 decoded = torch.stack([torch.from_numpy(decode_cell(p)).permute(2, 0, 1)
                        for p in sample.path])
 batch = to_model_input(decoded, normalize=False)
@@ -288,7 +289,7 @@ from allkit.transforms import BatchAugment
 uint8_cell = cached  # [3, 224, 224] uint8, from decode_cell above
 eight = uint8_cell.unsqueeze(0).repeat(8, 1, 1, 1)
 augment = BatchAugment()
-generator = torch.Generator().manual_seed(ctx.profile.seed)
+generator = torch.Generator().manual_seed(ctx.config.seed)
 hflip, vflip, angle = augment.draw(len(eight), generator)  # each cell's own random draw
 augmented = augment.apply(eight, hflip, vflip, angle)
 
@@ -327,7 +328,7 @@ print(f"with p = {FLIP_PROBABILITY} per flip, {unflipped:.0%} of augmented image
 from allkit.constants import EXPECTED_COUNTS
 from allkit.data import CellDataset, build_cache, make_loader
 
-small = frame.sample(min(80, len(frame)), random_state=ctx.profile.seed)
+small = frame.sample(min(80, len(frame)), random_state=ctx.config.seed)
 cache = build_cache(small, progress=False)
 loader = make_loader(CellDataset(cache), batch_size=40, shuffle=True)
 images, labels = next(iter(loader))
@@ -390,7 +391,7 @@ print(f"after BatchAugment + to_model_input: {x.dtype} {tuple(x.shape)}, "
 
 # %%
 n = 10_000
-hflip, vflip, angle = augment.draw(n, torch.Generator().manual_seed(ctx.profile.seed))
+hflip, vflip, angle = augment.draw(n, torch.Generator().manual_seed(ctx.config.seed))
 p_h, p_v = augment.p_hflip, augment.p_vflip
 flips = hflip.int() + vflip.int()
 expected = {0: (1 - p_h) * (1 - p_v),
@@ -464,7 +465,7 @@ def cell_colour(img):  # mean R, G, B over the non-black pixels of a uint8 [3, H
     return pixels[:, mask].mean(dim=1)
 
 
-torch.manual_seed(ctx.profile.seed)
+torch.manual_seed(ctx.config.seed)
 jitter = v2.ColorJitter(brightness=0.2, saturation=0.2, hue=0.02)
 jittered = torch.stack([jitter(uint8_cell) for _ in range(8)])
 for name, copies in (("BatchAugment", augmented), ("ColorJitter", jittered)):

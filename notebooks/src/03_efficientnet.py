@@ -66,10 +66,10 @@ def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
 
 
-torch.manual_seed(ctx.profile.seed)
+torch.manual_seed(ctx.config.seed)
 model = build_model("efficientnet_b0", weights=None).eval()
 frame = ctx.cells.frame
-cell = frame[frame.label == 1].sample(1, random_state=ctx.profile.seed).iloc[0]
+cell = frame[frame.label == 1].sample(1, random_state=ctx.config.seed).iloc[0]
 pixels = torch.from_numpy(decode_cell(cell.path)).permute(2, 0, 1)  # uint8 [3, H, W]
 x = to_model_input(pixels).unsqueeze(0)
 print(f"input: one {cell.class_name} cell (subject {cell.subject}) "

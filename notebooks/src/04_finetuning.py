@@ -53,17 +53,17 @@ import pandas as pd
 
 from allkit import constants
 
-profile = ctx.profile
+config = ctx.config
 recipe = pd.DataFrame(
     {
         "paper": ["efficientnet_b0", "ImageNet", constants.EPOCHS, constants.BATCH_SIZE,
                   constants.LEARNING_RATE, "Adamax", constants.IMAGE_SIZE,
                   "none ([0, 1])", "all"],
-        f"this book ({profile.name} profile)": [
-            profile.backbone, profile.weights, profile.epochs, profile.batch_size,
-            profile.lr, "Adamax", profile.image_size,
-            "the backbone's mean/std" if profile.normalize else "none ([0, 1])",
-            profile.max_train_cells or "all"],
+        f"this book ({config.name} profile)": [
+            config.backbone, config.weights, config.epochs, config.batch_size,
+            config.lr, config.optimizer.capitalize(), config.image_size,
+            "the backbone's mean/std" if config.normalize else "none ([0, 1])",
+            config.max_train_cells or "all"],
     },
     index=["backbone", "pretrained weights", "epochs", "batch size", "learning rate",
            "optimiser", "image size (px)", "normalisation", "training cells"],
@@ -82,7 +82,7 @@ recipe
 # %%
 from allkit.models import build_model, get_backbone, head
 
-backbone = get_backbone(profile.backbone)
+backbone = get_backbone(config.backbone)
 imagenet_head = head(build_model(backbone.name, weights=None, num_classes=1000),
                      backbone)
 our_head = head(build_model(backbone.name, weights=None), backbone)
@@ -127,13 +127,14 @@ show_source(Trainer.fit)
 #
 # `ctx.run()` runs the whole method of the paper once for this profile: the fine-tune above (called
 # as below, with the profile's settings), then the XGBoost step of the next chapter, then the
-# evaluation on the test cells. It writes everything to a run folder, so the later chapters (and a
-# second execution of this one) load the finished run instead of training again. On a CPU the
-# `sample` profile takes a while (the cell prints nothing until it is done); on a Colab GPU, a few
-# minutes.
+# evaluation on the test cells. It keeps everything in one folder of the run store
+# (`runs/<profile>/<recipe>-<key>/`, the key a hash of every setting the fine-tune depends on and of the
+# cells), so the later chapters (and a second execution of this one) load the finished run instead of
+# training again. On a CPU the `sample` profile takes a while (the cell prints nothing until it is
+# done); on a Colab GPU, a few minutes.
 
 # %%
-from allkit.study.run import finetune
+from allkit.study.store import finetune
 
 show_source(finetune)
 
@@ -150,8 +151,8 @@ if card.get("test_data"):
     print(f"Test part: {shown(card['test_data'])}, people who are not in the data "
           "above")
 print(f"Device:    {card['device']}; profile {card['profile']}")
-if card["backbone"] != ctx.profile.backbone:
-    print(f"\nNOTE: this run did NOT fine-tune the paper's {ctx.profile.backbone}. "
+if card["backbone"] != ctx.config.backbone:
+    print(f"\nNOTE: this run did NOT fine-tune the paper's {ctx.config.backbone}. "
           f"Everything measured in this chapter and the next ones comes from "
           f"{card['backbone']}.")
 pd.DataFrame(card["counts"]).T.rename_axis("part")
@@ -167,17 +168,15 @@ pd.DataFrame(card["counts"]).T.rename_axis("part")
 #
 # The table counts cells, ALL and HEM cells and **subjects** (people) in each part. The parts divide
 # people, not cells: in the small profiles the training and validation parts share out the people of
-# the data set (a *subject split*); in the `paper` profile the split is the paper's. Where the run card
-# names a separate test folder (the `+external` in the split's name), the test part is a set of other
-# people altogether, kept outside the data set, so that the final scores come from people that no step
-# of the method has seen. Either way the three parts share no subject; the next cell checks it, and the
-# one after says why it matters.
+# folds 0 and 1 (a *subject split*) and the test part is fold 2 (the `folds` split), so that the final
+# scores come from people that no step of the method has seen; in the `paper` profile the split is the
+# paper's. Where the run card names a separate test folder (the `+external` in the split's name), the
+# test part is that folder's people instead. Either way the three parts share no subject; the next cell
+# checks it, and the one after says why it matters.
 
 # %%
-from allkit.study.run import rebuild_prepared
-
-prepared = rebuild_prepared(run, progress=False)  # the run's split, from its seed
-subjects = {part: set(ds.frame["subject"]) for part, ds in prepared.datasets.items()}
+data = run.load().data  # the run's split (from its seed) and its fine-tuned CNN
+subjects = {part: set(ds.frame["subject"]) for part, ds in data.datasets.items()}
 for a, b in [("train", "val"), ("train", "test"), ("val", "test")]:
     both = sorted(subjects[a] & subjects[b]) or "none"
     print(f"subjects in both {a} and {b}: {both}")
@@ -289,8 +288,8 @@ from allkit.data import CellDataset, build_cache
 from allkit.inference import evaluate, predict_proba
 
 # A few hundred cells of the run's own training and validation people, decoded at 64 px.
-frames = {part: prepared.datasets[part].frame.sample(
-              n=min(n, len(prepared.datasets[part])), random_state=0)
+frames = {part: data.datasets[part].frame.sample(
+              n=min(n, len(data.datasets[part])), random_state=0)
           for part, n in (("train", 240), ("val", 160))}
 cache = build_cache(pd.concat(frames.values(), ignore_index=True), size=64,
                     progress=False)
@@ -300,15 +299,15 @@ tiny = {part: CellDataset(cache, frame) for part, frame in frames.items()}
 
 def called_all(model) -> float:
     """The share of validation cells the model calls ALL."""
-    proba = predict_proba(model, tiny["val"], normalize=prepared.normalize)
+    proba = predict_proba(model, tiny["val"], normalize=data.normalize)
     return float((proba[:, 1] > 0.5).mean())
 
 
-torch.manual_seed(ctx.profile.seed)  # the new head starts from (seeded) random numbers
+torch.manual_seed(ctx.config.seed)  # the new head starts from (seeded) random numbers
 model = build_model(card["backbone"], card["weights"])  # ImageNet weights, new head
-before = evaluate(model, tiny["val"], normalize=prepared.normalize)
+before = evaluate(model, tiny["val"], normalize=data.normalize)
 before["all"] = called_all(model)
-trainer = Trainer(epochs=1, normalize=prepared.normalize, progress=False)
+trainer = Trainer(epochs=1, normalize=data.normalize, progress=False)
 after = trainer.fit(model, tiny["train"], tiny["val"]).history_[-1]
 steps = -(-len(tiny["train"]) // trainer.batch_size)
 print(f"One epoch = {steps} optimiser steps of {trainer.batch_size} cells "
@@ -353,8 +352,8 @@ import numpy as np
 
 from allkit.inference import predict
 
-val_cells = prepared.datasets["val"]
-logits = predict(run.model, val_cells, normalize=prepared.normalize)  # (cells, 2)
+val_cells = data.datasets["val"]
+logits = predict(run.model, val_cells, normalize=data.normalize)  # (cells, 2)
 p = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
 y = val_cells.labels.numpy()
 per_cell = -np.log(p[np.arange(len(y)), y])  # the loss of each cell

@@ -41,7 +41,7 @@ from allkit.study import paper, plots
 
 run = ctx.run(progress=False)  # chapter 4's run: loaded from disk, or computed now
 card = run.card
-hybrid = run.hybrid
+hybrid = run.hybrid()  # its XGBoost stage: what its scores and saved model come from
 kind = "SYNTHETIC stand-in" if card["synthetic"] else "real C-NMC 2019 cells"
 print(f"Backbone: {card['backbone']} ({card['weights_note'].split(' (')[0]})")
 print(f"Data: {kind}, {card['profile']} profile, {card['image_size']} px; "
@@ -86,13 +86,11 @@ show_source(HybridClassifier.fit)
 # the hybrid the run saved: the last line checks it.
 
 # %%
-from allkit.study.run import rebuild_prepared
-
-prepared = rebuild_prepared(run, progress=False)  # the run's split and cached cells
+data = run.load().data  # the run's split and cached cells (and its fine-tuned CNN)
 features = {part: extract_features(run.model, cells, card["backbone"],
-                                   normalize=prepared.normalize)
-            for part, cells in prepared.datasets.items()}
-labels = {part: cells.labels.numpy() for part, cells in prepared.datasets.items()}
+                                   normalize=data.normalize)
+            for part, cells in data.datasets.items()}
+labels = {part: cells.labels.numpy() for part, cells in data.datasets.items()}
 print({part: f.shape for part, f in features.items()}, "(cells, features)")
 
 params = {k: v for k, v in hybrid.get_params().items() if k != "cnn"}
@@ -104,7 +102,7 @@ print(f"XGBoost: eta {params['eta']} (paper {constants.XGB_ETA}), "
       f"{params['n_estimators']} rounds, trees of depth up to {params['max_depth']}, "
       f"on {len(labels['train'])} training cells")
 same = np.allclose(by_hand.predict_proba(features["test"]),
-                   hybrid.predict_proba(prepared.datasets["test"]), atol=1e-6)
+                   hybrid.predict_proba(data.datasets["test"]), atol=1e-6)
 print(f"Same test probabilities as the run's saved hybrid: {same}")
 assert same, "this code no longer gives the run's hybrid: chapter and library differ"
 
@@ -172,9 +170,9 @@ both.style.format(precision=2, na_rep="").format("{:.0f}", subset=supports)
 # %%
 from allkit.metrics import bootstrap_ci
 
-subjects = prepared.datasets["test"].frame["subject"].to_numpy()
+subjects = data.datasets["test"].frame["subject"].to_numpy()
 y_hybrid = by_hand.predict(features["test"])  # the run's hybrid, as checked above
-boot = {k: run.metrics["profile"][k] for k in ("n_boot", "seed")}  # as in the run
+boot = {"n_boot": run.config.n_boot, "seed": run.config.seed}  # as in the run
 ours = table2("hybrid")
 rows = {}
 for name, metric in (("ALL", "sensitivity"), ("HEM", "specificity")):
@@ -265,7 +263,7 @@ print(f"Accuracy gain from XGBoost here: {gain:+.3f} (paper: "
       f"{paper.HYBRID_ACCURACY - paper.CNN_ALONE_ACCURACY:+.2f}).")
 print(f"Always answering this test set's larger class would score "
       f"{hyb['majority_baseline']:.3f}.")
-per_person = prepared.datasets["test"].frame["subject"].value_counts()
+per_person = data.datasets["test"].frame["subject"].value_counts()
 largest = per_person.iloc[:2].sum() / len(subjects)
 print(f"The hybrid's 95% interval, {acc['low']:.3f} to {acc['high']:.3f}, is "
       f"{acc['high'] - acc['low']:.3f} wide and comes from {acc['n_subjects']} test "

@@ -51,13 +51,12 @@ from allkit.explain import gradcam
 from allkit.models import get_backbone
 from allkit.study import paper, plots
 from allkit.study.book import show_source
-from allkit.study.run import rebuild_prepared
 
 run = ctx.run(progress=False)
 card = run.card
-prepared = rebuild_prepared(run, progress=False)  # the run's split, from its seed
-test = prepared.datasets["test"]
-normalize = run.hybrid.normalize  # as the CNN was trained (saved with the model)
+data = run.load().data  # the run's split (from its seed) and its fine-tuned CNN
+test = data.datasets["test"]
+normalize = data.normalize  # as the CNN was trained
 layer_name = get_backbone(card["backbone"]).gradcam_layer
 layer = run.model.get_submodule(layer_name)
 kind = "SYNTHETIC stand-in" if card["synthetic"] else "real C-NMC 2019 cells"
@@ -96,7 +95,7 @@ show_source(gradcam)
 # CNN's own prediction (its 2-class head) was right.
 
 # %%
-n = ctx.profile.n_gradcam
+n = ctx.config.n_gradcam
 picks = test.frame.groupby("label").head(n).index.to_numpy()
 images = torch.stack([test[i][0] for i in picks])
 labels = test.frame.loc[picks, "label"].to_numpy()

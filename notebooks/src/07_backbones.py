@@ -68,8 +68,8 @@ sizes[["params_imagenet_head", "params_2_classes", "paper_params", "input_size",
 # ## Running the method with each backbone
 #
 # `compare_backbones` fine-tunes each backbone with this profile's recipe and split, fits XGBoost on its
-# features and evaluates both on the same test cells. Results are cached per backbone in the run folder,
-# so a second execution only reads them. Two details:
+# features and evaluates both on the same test cells. Each backbone is a run of the run store (chapter
+# 4), so a second execution only reads them. Two details:
 #
 # - **Image size.** Every backbone gets the profile's image size, except in the `paper` profile, where
 #   each gets its own native size (299 px for Inception-v3, 224 px for the others). Inception-v3 also
@@ -89,8 +89,7 @@ from allkit.study import paper
 from allkit.study.backbones import compare_backbones
 
 run = ctx.run(progress=False)
-table = compare_backbones(ctx.profile, ctx.data_root, runs=[run], progress=False,
-                          out=ctx.runs_dir / f"{ctx.profile.name}-backbones")
+table = compare_backbones(ctx.config, ctx.data_root, runs=ctx.runs_dir, progress=False)
 table["paper (Table 1)"] = table["backbone"].map(paper.TABLE_1)
 columns = ["backbone", "status", "paper (Table 1)", "cnn_accuracy", "hybrid_accuracy",
            "low", "high", "image_size", "test_cells", "test_subjects", "seconds"]
@@ -152,7 +151,7 @@ if len(computed):
 
 # %%
 train = card["counts"]["train"]
-print(f"This profile trains each backbone for {ctx.profile.epochs} epoch(s) on "
+print(f"This profile trains each backbone for {ctx.config.epochs} epoch(s) on "
       f"{train['cells']} cells of {train['subjects']} people; the paper: "
       f"{constants.EPOCHS} epochs on the C-NMC training folds.")
 
@@ -188,12 +187,11 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from allkit.data import CellDataset, build_cache
 from allkit.hybrid import HybridClassifier
 from allkit.models import build_model
-from allkit.study.run import rebuild_prepared
 
-prepared = rebuild_prepared(run, progress=False)  # the run's split
+data = run.load().data  # the run's split
 n_cells = {"train": 240, "val": 160, "test": 160}
 frames = {part: ds.frame.sample(n=min(n_cells[part], len(ds)), random_state=0)
-          for part, ds in prepared.datasets.items()}
+          for part, ds in data.datasets.items()}
 cache = build_cache(pd.concat(frames.values(), ignore_index=True), size=96,
                     progress=False)
 few = {part: CellDataset(cache, frame) for part, frame in frames.items()}
@@ -203,8 +201,8 @@ networks = {"random weights": build_model(card["backbone"], None),
 scores = {}
 for name, network in networks.items():
     xgb = HybridClassifier(cnn=network, backbone=card["backbone"],
-                           normalize=prepared.normalize,
-                           n_estimators=run.metrics["profile"]["xgb_estimators"])
+                           normalize=data.normalize,
+                           n_estimators=run.config.xgb_estimators)
     xgb.fit(few["train"])
     scores[name] = {}
     for part in ("val", "test"):

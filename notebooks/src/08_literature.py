@@ -91,10 +91,11 @@ sizes = parameter_table(["efficientnet_b0", "efficientnet_lite0"])
 sizes[["params_imagenet_head", "params_2_classes", "paper_params", "feature_dim"]]
 
 # %%
-trees = run.hybrid.xgb_.get_booster().get_dump()
+fitted = run.hybrid()  # the run's hybrid (chapter 5)
+trees = fitted.xgb_.get_booster().get_dump()
 leaves = sum(tree.count("leaf=") for tree in trees)
 print(f"This run's XGBoost: {len(trees)} trees with {leaves:,} leaves in total, on "
-      f"{run.hybrid.n_features_in_} features from {card['backbone']}.")
+      f"{fitted.n_features_in_} features from {card['backbone']}.")
 
 # %% [markdown]
 # ## The literature rows (the paper's Table 3)

@@ -50,9 +50,10 @@ ctx = setup("09_authors_code", PROFILE, download=DATA == "Kaggle",
 
 # %% [markdown]
 # Three fine-tunes of the paper's recipe: with the correct choices, with the ImageNet head kept (b), and
-# without normalisation (e). Each is loaded from `runs/<profile>-experiments/` if an earlier chapter (or
-# `allkit experiments`) already trained it, and trained now otherwise. The last lines say who is in each
-# part: the test part is the one named in the run card above.
+# without normalisation (e): `ctx.run()` with one setting changed each time. Each is a run of the run
+# store (`runs/<profile>/<recipe>-<key>/`), loaded if an earlier chapter (or `allkit experiments`)
+# already trained it, and trained now otherwise. The last lines say who is in each part: the test part
+# is the one named in the run card above.
 
 # %%
 import matplotlib.pyplot as plt
@@ -62,16 +63,16 @@ import seaborn as sns
 
 from allkit.study import paper as published
 from allkit.study import pitfalls, plots
-from allkit.study.experiments import Variant, format_rows
+from allkit.study.score import format_rows
 
-correct = ctx.variant(Variant("paper"), progress=False)
-authors_head = ctx.variant(Variant("authors-head", head="imagenet"), progress=False)
-no_norm = ctx.variant(Variant("no-normalization", normalize=False), progress=False)
-card = correct.meta["run_card"]
+correct = ctx.run("paper", progress=False)
+authors_head = ctx.run(head="imagenet", progress=False)  # (b) the ImageNet head kept
+no_norm = ctx.run(normalize=False, progress=False)  # (e) no normalisation
+card = correct.card
 data = "SYNTHETIC stand-in" if card["synthetic"] else "real C-NMC 2019 cells"
 print(f"Backbone: {card['backbone']} ({card['weights_note']}); device {card['device']}")
 print(f"Data: {data}, {card['profile']} profile, {card['image_size']} px, "
-      f"{ctx.profile.epochs} epoch(s), training seed {correct.seed}")
+      f"{ctx.config.epochs} epoch(s), training seed {correct.config.training_seed}")
 
 
 def who(frame: pd.DataFrame) -> str:
@@ -86,9 +87,9 @@ def who(frame: pd.DataFrame) -> str:
 for part in ("train", "val", "test"):
     print(f"  {part:<5} {who(correct.frame(part))}")
 external = card.get("test_data") is not None
-print("The test people are", "an external set: none of them is in the training data"
-      if external else "held out of the training data by the subject-wise split")
-n_boot, boot_seed = ctx.profile.n_boot, ctx.profile.seed
+print("The test people are", "a separate test folder: none of them is in the data"
+      if external else f"held out of the training data ({card['split']} split)")
+n_boot, boot_seed = ctx.config.n_boot, ctx.config.seed
 pd.set_option("display.max_colwidth", 100)
 
 # %% [markdown]
@@ -229,7 +230,7 @@ print(f"ImageNet class 181 is {pitfalls.imagenet_class_name(181)!r} "
 # %%
 print(f"Paper, FIG 5: {published.FIGURES[5]}")
 authors_cam, true_cam = pitfalls.class_181_gradcam(
-    authors_head, n_per_class=ctx.profile.n_gradcam // 2 or 1)
+    authors_head, n_per_class=ctx.config.n_gradcam // 2 or 1)
 plots.plot_gradcam_comparison(
     authors_cam, true_cam,
     titles=(f"class 181 ({pitfalls.imagenet_class_name(181)})",
@@ -266,14 +267,15 @@ print("Pixel correlation between the class-181 and the true-class heat map, per 
 #
 # A fair comparison scores both splits on the same kind of test part. A by-image split can only test on
 # cells of the training data, so both sides here keep their test part **inside the training data**: the
-# by-subject side is one more fine-tune of the paper's recipe whose test part is people held out of that
-# data (`Variant("subject-internal", test="internal")`), not the external people of the tables above; the
-# by-image side (`Variant("image-split", split="image")`) draws its parts from the same data with the same
-# sizes. Same cells, recipe and seed otherwise.
+# by-subject side is a fine-tune of the paper's recipe whose test part is people of that data held out
+# of training (`ctx.run(test="internal")`: fold 2 where the release's folds are there, as in the tables
+# above; never the people of a separate test folder); the by-image side (`ctx.run(split="image")`) draws
+# its parts at random from the cells of the same data, with the part sizes of a subject-wise split.
+# Same recipe and seed otherwise.
 
 # %%
-internal = ctx.variant(Variant("subject-internal", test="internal"), progress=False)
-leaky = ctx.variant(Variant("image-split", split="image"), progress=False)
+internal = ctx.run(test="internal", progress=False)
+leaky = ctx.run(split="image", progress=False)
 for label, run in (("Split by subject", internal), ("Split by image", leaky)):
     print(f"{label}; test part: {who(run.frame('test')).strip()}")
     print(pitfalls.split_overlap(run).to_string(), end="\n\n")
@@ -293,9 +295,10 @@ for model in ("CNN", "hybrid"):
 # %% [markdown]
 # The by-image score is the one a paper gets "for free" from a random split. It measures how well the
 # model recognises cells of people it has already seen, which is not the clinical question; the
-# by-subject score is the honest estimate for a new patient. (The two test parts hold different cells, and
-# the by-subject one only the few people the data set holds out, so part of the gap can come from which
-# cells were drawn; the intervals show how much.)
+# by-subject score is the honest estimate for a new patient. (The two splits hold different cells in
+# every part, and the by-subject one tests only the people held out of training; with the release's
+# folds it also trains on folds 0 and 1 only. So part of the gap can come from which cells were drawn;
+# the intervals show how much.)
 #
 # **What to take away.** (a) and (c) make the reported number irreproducible, (d) makes the explanation
 # figure explain a dog breed, and (b) and (e) change the model that was evaluated. Compare the size of each
@@ -379,10 +382,11 @@ if flipped.any():
 # %% [markdown]
 # ```{exercise}
 # :label: ex-09-which-test
-# The leakage comparison used a second by-subject fine-tune (`internal`) whose test part is people held
-# out of the training data, instead of the `correct` fine-tune scored on the external test people. Print
-# who is in each of the two test parts and the hybrid's accuracy on each. Why would comparing the by-image
-# split with the external people mix two effects?
+# The leakage comparison used a by-subject fine-tune (`internal`) whose test part is always people held
+# out of the training data, even where a separate test folder (`ALLKIT_TEST_DATA`) gives the `correct`
+# fine-tune other people to be scored on. Print who is in each of the two test parts and the hybrid's
+# accuracy on each. Why would comparing the by-image split with a separate folder's people mix two
+# effects?
 # ```
 #
 # ```{solution-start} ex-09-which-test
@@ -397,11 +401,12 @@ for label, run in (("held out of the data (internal)", internal),
     print(f"{label}:\n  {who(frame).strip()}\n  hybrid accuracy {accuracy:.3f}")
 
 # %% [markdown]
-# The two test parts differ in who is in them, in their share of ALL cells, and (for external people) in
-# how their slides were stained and imaged. A model can score differently on them for any of those
-# reasons, without any leakage. The by-image split tests on cells of the training data, so the only fair
-# honest counterpart is a by-subject split that also tests on people of that data: then the gap between
-# the two is the effect of *having seen the person*, and nothing else.
+# Without a separate test folder, `internal` has the same split as `correct` and the two test parts are
+# the same people. With one, the test parts differ in who is in them, in their share of ALL cells, and
+# in how the folder's slides were stained and imaged. A model can score differently on them for any of
+# those reasons, without any leakage. The by-image split tests on cells of the training data, so the only
+# fair honest counterpart is a by-subject split that also tests on people of that data: then the gap
+# between the two is the effect of *having seen the person*, and nothing else.
 #
 # ```{solution-end}
 # ```

@@ -45,8 +45,9 @@ ctx = setup("10_patients_calibration", PROFILE, download=DATA == "Kaggle",
 # %% [markdown]
 # Two fine-tunes are used: the paper's recipe, and the same recipe with a **class-weighted** loss (each
 # HEM cell's error counts more, in inverse proportion to the class sizes). Both use the same cells, the
-# same subject-wise split and the same seed; they are loaded from `runs/<profile>-experiments/` if an
-# earlier chapter (or `allkit experiments`) already trained them, and trained now otherwise.
+# same subject-wise split and the same seed; they are runs of the run store
+# (`runs/<profile>/<recipe>-<key>/`), loaded if an earlier chapter (or `allkit experiments`) already
+# trained them, and trained now otherwise.
 
 # %%
 import matplotlib.pyplot as plt
@@ -58,18 +59,17 @@ from allkit import metrics
 from allkit.constants import CLASS_NAMES
 from allkit.study import calibration, plots
 from allkit.study import paper as published
-from allkit.study.experiments import Variant, format_rows, score_row
+from allkit.study.score import format_rows, score_row
 
-paper = ctx.variant(Variant("paper"), progress=False)
-weighted = ctx.variant(Variant("class-weighted", class_weight="balanced"),
-                       progress=False)
-card = paper.meta["run_card"]
-n_boot, seed = ctx.profile.n_boot, ctx.profile.seed
+paper = ctx.run("paper", progress=False)
+weighted = ctx.run(class_weight="balanced", progress=False)  # class-weighted loss
+card = paper.card
+n_boot, seed = ctx.config.n_boot, ctx.config.seed
 print(f"Backbone: {card['backbone']} ({card['weights_note']})")
 print(f"Device: {card['device']}; profile {card['profile']}, {card['image_size']} px, "
-      f"{ctx.profile.epochs} epoch(s) per fine-tune")
+      f"{ctx.config.epochs} epoch(s) per fine-tune")
 data = "SYNTHETIC stand-in" if card["synthetic"] else "real C-NMC 2019 cells"
-tested = ("an external set of people (none of them in the training data)"
+tested = ("a separate test folder (none of its people in the data)"
           if card.get("test_data") else "people held out of the training data")
 print(f"Data: {data}; test part: {tested}")
 
@@ -198,8 +198,8 @@ fig.suptitle(f"Mean p(ALL) per person ({where})");
 # borderline cells ALL. The remedies compared here, all scored on the same test cells:
 #
 # - **class-weighted loss**: the CNN's cross-entropy weights each class inversely to its number of
-#   training cells (the `class-weighted` variant); shown for the CNN alone and for the hybrid built on its
-#   features;
+#   training cells (`ctx.run(class_weight="balanced")`); shown for the CNN alone and for the hybrid
+#   built on its features;
 # - **XGBoost `scale_pos_weight`**: XGBoost's weight of the positive class (ALL = 1),
 #   `n_HEM / n_ALL` on the training cells. Because ALL is the *majority* here, the value is below 1: ALL
 #   cells are weighted *down*, the opposite of the usual "rare positive" use of this knob;

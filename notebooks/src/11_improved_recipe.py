@@ -31,7 +31,7 @@
 #   leans towards ALL, the majority class of training).
 #
 # `allkit` exposes the result as a recipe: `allkit reproduce --recipe improved` (and `allkit train
-# --recipe improved`) runs exactly what this chapter measures (`allkit/study/recipes.py`).
+# --recipe improved`) runs exactly what this chapter measures (`RECIPES` in `allkit/study/config.py`).
 #
 # **Learning goals.** After this chapter you can
 # - run a fair comparison of two training recipes: choices made on validation people, one verdict on
@@ -64,31 +64,40 @@ import seaborn as sns
 
 from allkit.study import paper as published
 from allkit.study import recipe_study
-from allkit.study.experiments import format_rows
-from allkit.study.recipes import RECIPES
+from allkit.study.config import RECIPES
+from allkit.study.score import format_rows
 
-for name in ("paper", "improved"):
-    print(f"{name} recipe:", RECIPES[name])
-seeds = recipe_study.study_seeds(ctx.profile)
-paper_runs = [ctx.variant(recipe_study.recipe_variant("paper", s, ctx.profile),
-                          progress=False) for s in seeds]
-improved_runs = [ctx.variant(recipe_study.recipe_variant("improved", s, ctx.profile),
-                             progress=False) for s in seeds]
-card = paper_runs[0].meta["run_card"]
+start = ctx.config.with_recipe("paper")
+print("The improved recipe, setting by setting (the paper's -> the improved one):")
+for key, value in RECIPES["improved"].items():
+    print(f"  {key}: {getattr(start, key)!r} -> {value!r}")
+
+
+def seed_run(recipe: str, seed: int):
+    """`recipe` fine-tuned at training seed `seed` (the split stays the profile's)."""
+    config = recipe_study.recipe_config(ctx.config, recipe, seed)
+    return ctx.run(recipe, train_seed=config.train_seed, progress=False)
+
+
+seeds = recipe_study.study_seeds(ctx.config)
+paper_runs = [seed_run("paper", s) for s in seeds]
+improved_runs = [seed_run("improved", s) for s in seeds]
+card = paper_runs[0].card
 data = "SYNTHETIC stand-in" if card["synthetic"] else "real C-NMC 2019 cells"
 print(f"\nBackbone: {card['backbone']} ({card['weights_note']}); "
       f"device {card['device']}")
 print(f"Data: {data}, {card['profile']} profile, {card['image_size']} px, "
-      f"{ctx.profile.epochs} epoch(s) per fine-tune; {len(seeds)} training seed(s) "
+      f"{ctx.config.epochs} epoch(s) per fine-tune; {len(seeds)} training seed(s) "
       f"{list(seeds)} per recipe")
 for part in ("train", "val", "test"):
     frame = paper_runs[0].frame(part)
     people = frame.groupby("subject")["label"].first()
     print(f"  {part:<5} {len(frame):5d} cells ({frame.label.mean():.0%} ALL) from "
           f"{len(people)} people, {int((people == 0).sum())} of them healthy donor(s)")
-print("test part:", "external people, none of them in the training data"
-      if card.get("test_data") else "people held out of the training data")
-n_boot, boot_seed = ctx.profile.n_boot, ctx.profile.seed
+print("test part:", "a separate test folder, none of its people in the data"
+      if card.get("test_data")
+      else f"people held out of the data ({card['split']} split)")
+n_boot, boot_seed = ctx.config.n_boot, ctx.config.seed
 
 # %% [markdown]
 # ## Step 1: choose on validation
@@ -108,8 +117,8 @@ paper_val = next(r for r in selection if r["fine_tune"] == "paper"
 print(f"Best on validation for the hybrid: {best['setting']} (accuracy "
       f"{best['accuracy']:.3f}, paper recipe {paper_val['accuracy']:.3f}: "
       f"{100 * (best['accuracy'] - paper_val['accuracy']):+.1f} points)")
-agrees = best["tta"] == RECIPES["improved"].tta
-print(f"allkit's 'improved' recipe uses test-time views: {RECIPES['improved'].tta}; "
+agrees = best["tta"] == RECIPES["improved"]["tta"]
+print(f"allkit's 'improved' recipe uses test-time views: {RECIPES['improved']['tta']}; "
       f"validation {'agrees' if agrees else 'DISAGREES'} on this data")
 threshold = recipe_study.threshold_for(improved_runs[0])
 print(f"Decision threshold chosen on the validation cells for the improved hybrid: "
@@ -128,8 +137,8 @@ axes[1].set_ylabel("validation accuracy (CNN alone)")
 for ax in axes:
     ax.set_xlabel("epoch")
     ax.legend(title="recipe")
-fig.suptitle(f"Fine-tuning, seed {paper_runs[0].seed} ({card['backbone']}, "
-             f"{card['profile']} profile)")
+fig.suptitle(f"Fine-tuning, seed {paper_runs[0].config.training_seed} "
+             f"({card['backbone']}, {card['profile']} profile)")
 print(f"The improved recipe keeps epoch {improved_runs[0].meta['best_epoch']} of "
       f"{len(improved_runs[0].history)} (lowest validation loss).")
 
@@ -228,7 +237,7 @@ print(f"The validation thresholds are fitted on {val.subject.nunique()} people, 
 # reproduce --profile paper --recipe improved` on Colab), not a finding.
 #
 # A margin wider than the intervals is a finding about *these* people, in either direction. The
-# `improved` recipe was fixed before the external test people were scored, and its choices were not
+# `improved` recipe was fixed before the test people were scored, and its choices were not
 # revisited after them (that would be choosing on the test set). Step 1 shows where this split's
 # validation people disagree with a choice (the test-time views), and the ablation shows which part of
 # the recipe the verdict comes from: a threshold fitted on the validation part's few healthy donors (the
@@ -258,9 +267,10 @@ for recipe, runs in (("paper", paper_runs), ("improved", improved_runs)):
         p_all = recipe_study.predict(run, "test")[:, 1]
         cut = recipe_study.threshold_for(run)
         y_test = run.labels("test")
-        balanced[recipe, run.seed] = balanced_accuracy_score(y_test, p_all > cut)
-        print(f"{recipe:<8} seed {run.seed}: threshold {cut:.5g}, balanced accuracy "
-              f"{balanced[recipe, run.seed]:.3f}")
+        seed = run.config.training_seed
+        balanced[recipe, seed] = balanced_accuracy_score(y_test, p_all > cut)
+        print(f"{recipe:<8} seed {seed}: threshold {cut:.5g}, balanced accuracy "
+              f"{balanced[recipe, seed]:.3f}")
 means = {r: np.mean([v for (k, _), v in balanced.items() if k == r])
          for r in ("paper", "improved")}
 print(f"Improved minus paper, mean balanced accuracy: "

@@ -4,11 +4,12 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/allkit/allkit/blob/v0.1.0/notebooks/12_across_people.ipynb)
 #
 # A leukaemia classifier is only useful for the next patient, someone whose cells it has never seen. The
-# paper's 0.85 {cite:p}`somu2024advancing` comes from 73 training subjects; this book's sample has 14 (fold 1
-# of C-NMC 2019), only three of them healthy. This chapter trains on those 14 people only and then tests,
-# **once per model**, on **38 other people** of C-NMC 2019 that fold 1 does not hold (the external test set,
-# `ALLKIT_TEST_DATA`). It asks what carries over from 14 people to 38 new ones, changes one thing at a time
-# to find out what helps, and measures how many more healthy donors the method would need.
+# paper's 0.85 {cite:p}`somu2024advancing` comes from 73 training subjects, only about a third of them
+# healthy. This chapter follows the release's own folds: it trains and makes every choice on the people
+# of **folds 0 and 1** of C-NMC 2019, and tests, **once per model**, on the people of **fold 2**, whom no
+# step has seen (the first table below counts both, and their healthy donors). It asks what carries over
+# from the training people to new ones, changes one thing at a time to find out what helps, and measures
+# how many more healthy donors the method would need.
 #
 # **Learning goals.** After this chapter you can
 # - keep a test set of *people* apart from every choice, and explain why a validation set of people is not
@@ -18,11 +19,11 @@
 #   breaks it;
 # - tell an honest negative result from a failed experiment, and say what more data would buy.
 #
-# The rules, fixed before any number on the external people was looked at:
+# The rules, fixed in advance and the same whatever the test people score:
 #
-# 1. Fold 1 is split **by subject** into training and validation; the training part keeps **two** of the
-#    three healthy donors, the validation part the third (and two ALL patients).
-# 2. Every choice (which change, which threshold) is made on the **validation donors**. The external people
+# 1. Folds 0 and 1 are split **by subject** into training and validation, with at least three people of
+#    each class in validation where a class has that many; fold 2 is the test part.
+# 2. Every choice (which change, which threshold) is made on the **validation donors**. The test people
 #    are scored once per model and never used to choose anything, except in the learning curve at the end,
 #    which says plainly that it uses them.
 # 3. One change at a time, on the same split and training seed as the paper's recipe.
@@ -45,18 +46,17 @@ ctx = setup("12_across_people", PROFILE, download=DATA == "Kaggle",
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from allkit.study import across_study
-from allkit.study.experiments import Variant
-from allkit.study.recipe_study import recipe_variant
-from allkit.study.recipes import ACROSS, RECIPES, ROBUST_CHANGES, combine
+from allkit.study.config import ACROSS, RECIPES, ROBUST_CHANGES
+from allkit.study.recipe_study import recipe_config
 
-paper = ctx.variant(Variant("paper"), progress=False)
-card = paper.meta["run_card"]
-external = card.get("test_data")
+VAL, TEST = across_study.PARTS["val"], across_study.PARTS["test"]
+paper = ctx.run("paper", progress=False)
+card = paper.card
+external, folds = card.get("test_data"), card["split"] == "folds"
 parts = {part: paper.frame(part) for part in ("train", "val", "test")}
 people = pd.DataFrame(
     {
@@ -71,9 +71,10 @@ people = pd.DataFrame(
     }
 ).T
 people.index = [
-    "training (fold 1)",
-    "validation (fold 1)",
-    "test: external people" if external else "test (split from the same data)",
+    "training (folds 0-1)" if folds else "training",
+    "validation (folds 0-1)" if folds else "validation",
+    "test (fold 2)" if folds else "test: a separate folder" if external
+    else "test (split from the same data)",
 ]
 print(
     f"Backbone {card['backbone']} ({card['weights_note']}); "
@@ -81,8 +82,9 @@ print(
 )
 print(
     "Test part:",
-    "the external people" if external else "people held out of the same data "
-    "(no external test set given: ALLKIT_TEST_DATA)",
+    "fold 2, people no step has seen" if folds
+    else "the people of a separate test folder (ALLKIT_TEST_DATA)" if external
+    else f"people held out of the same data ({card['split']} split)",
 )
 people
 
@@ -95,7 +97,7 @@ people
 # shows each person's mean cell colour (the mean over the cell's pixels, background excluded).
 
 # %%
-cache = paper.ensure_loaded().prepared.datasets["train"].cache
+cache = paper.load().data.datasets["train"].cache  # every part's cells
 
 
 def person_colours(frame: pd.DataFrame, part: str) -> pd.DataFrame:
@@ -160,7 +162,8 @@ print(colours.groupby(["part", "class"])[["R", "G", "B"]].agg(["mean", "std"]).r
 
 # %%
 def table(rows: list[dict]) -> pd.DataFrame:
-    def cell(row, key, low, high):
+    def cell(row, key):
+        low, high = f"{key}_low", f"{key}_high"
         if row.get(key) is None:
             return "n/a"
         return (
@@ -175,10 +178,8 @@ def table(rows: list[dict]) -> pd.DataFrame:
                 "setting": r["setting"],
                 "model": r["model"],
                 "people": r["part"],
-                "balanced accuracy [95% CI]": cell(
-                    r, "balanced_accuracy", "balanced_low", "balanced_high"
-                ),
-                "AUC [95% CI]": cell(r, "roc_auc", "auc_low", "auc_high"),
+                "balanced accuracy [95% CI]": cell(r, "balanced_accuracy"),
+                "AUC [95% CI]": cell(r, "roc_auc"),
                 "HEM recall": round(r["hem_recall"], 3),
                 "accuracy": round(r["accuracy"], 3),
                 "always ALL": round(r["majority_baseline"], 3),
@@ -189,7 +190,7 @@ def table(rows: list[dict]) -> pd.DataFrame:
     )
 
 
-n_boot = ctx.profile.n_boot
+n_boot = ctx.config.n_boot
 baseline = across_study.variant_rows(
     paper, "paper's recipe", n_boot=n_boot
 ) + across_study.variant_rows(paper, "paper's recipe", model="CNN alone", n_boot=n_boot)
@@ -207,18 +208,19 @@ table(baseline)
 # - **grayscale**: half of the training cells shown without colour, so shape and texture must carry them;
 # - **geometry**: flips with probability 0.5 and rotation by any angle (a cell has no "up");
 # - **lower learning rate** (10⁻⁴ instead of 10⁻³) and **frozen early layers** (the first 60% of the weights
-#   keep their ImageNet values): gentler fine-tuning, less room to memorise fourteen people;
+#   keep their ImageNet values): gentler fine-tuning, less room to memorise the training people;
 # - **early stopping**: keep the epoch with the lowest loss on the validation donors;
 # - **balanced sampling**: healthy cells repeated until both classes are as frequent in every epoch.
 #
-# Each fine-tune is loaded from `runs/<profile>-experiments/` when it is already there, and trained now
-# otherwise, without a progress bar. To train all of this chapter's fine-tunes beforehand, with progress
-# bars, run `allkit experiments --chapter 12` (the `sample` profile: hours on a CPU).
+# Each fine-tune is a run of the run store (`runs/<profile>/<recipe>-<key>/`), loaded when it is already
+# there, and trained now otherwise, without a progress bar. To train all of this chapter's fine-tunes
+# beforehand, with progress bars, run `allkit experiments --chapter 12` (the `sample` profile: hours on a
+# CPU).
 
 # %%
 runs = {"paper": paper}
 for name in ACROSS:
-    runs[name] = ctx.variant(Variant(name, recipe=name), progress=False)
+    runs[name] = ctx.run(name, progress=False)
 rows = []
 for name, run in runs.items():
     rows += across_study.variant_rows(run, name, n_boot=n_boot)
@@ -234,10 +236,7 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained", sharey=T
 for ax, metric, label in zip(
     axes, ("balanced_accuracy", "roc_auc"), ("balanced accuracy", "AUC")
 ):
-    for part, marker, colour in (
-        ("fold-1 validation donors", "o", "#555555"),
-        ("external people", "D", "#d62728"),
-    ):
+    for part, marker, colour in ((VAL, "o", "#555555"), (TEST, "D", "#d62728")):
         ax.scatter(
             wide.loc[order, (metric, part)],
             order,
@@ -253,12 +252,12 @@ axes[0].set_ylabel("change to the paper's recipe")
 axes[0].legend(loc="lower left", fontsize=8)
 fig.suptitle(
     "What carries over: validation donors (where choices are made) "
-    "and external people (scored once)"
+    "and test people (scored once)"
 )
 # %% [markdown]
 # Read the grey points first: they are all the choice can see. The red points are what each change does for
-# new people. Where the two disagree, a choice made on three validation people would have been misled;
-# with one healthy validation donor, that is expected, not bad luck.
+# new people. Where the two disagree, a choice made on the few validation people would have been misled;
+# with so few healthy validation donors (the first table counts them), that is expected, not bad luck.
 #
 # ## The choice, made on the validation donors
 #
@@ -268,7 +267,7 @@ fig.suptitle(
 # training seeds, because one fine-tune is one random draw.
 
 # %%
-val = ablation[ablation.part == "fold-1 validation donors"].set_index("setting")
+val = ablation[ablation.part == VAL].set_index("setting")
 ranked = val.drop(index="paper").sort_values(
     ["balanced_accuracy", "roc_auc"], ascending=False
 )
@@ -285,24 +284,18 @@ print(
 print(f"paper's recipe on validation: {val.loc['paper', 'balanced_accuracy']:.3f}")
 print(f"best single change: {best_change}")
 print(f"better than the paper's on validation: {helped or 'none'}")
-chosen = combine(helped or [best_change])
-print("`--recipe robust` (allkit/study/recipes.py) combines:", ROBUST_CHANGES)
+chosen = {k: v for name in helped or [best_change] for k, v in ACROSS[name].items()}
+print("`--recipe robust` (RECIPES in allkit/study/config.py) combines:", ROBUST_CHANGES)
 same = chosen == RECIPES["robust"]
-print(
-    "the same as chosen here:" if same else "NOT the one chosen here:",
-    {
-        k: v
-        for k, v in chosen.to_dict().items()
-        if v != RECIPES["paper"].to_dict()[k]
-    },
-)
+print("the same as chosen here:" if same else "NOT the one chosen here:", chosen)
 
 # %%
-seeds = across_study.across_seeds(ctx.profile)  # three (one in the ci profile)
+seeds = across_study.across_seeds(ctx.config)  # three (one in the ci profile)
 seed_rows = []
 for name in ["paper", "robust"]:
     for seed in seeds:
-        run = ctx.variant(recipe_variant(name, seed, ctx.profile), progress=False)
+        config = recipe_config(ctx.config, name, seed)  # the split stays the profile's
+        run = ctx.run(name, train_seed=config.train_seed, progress=False)
         for row in across_study.variant_rows(run, name, n_boot=n_boot):
             seed_rows.append({**row, "seed": seed})
 by_seed = pd.DataFrame(seed_rows)
@@ -315,7 +308,7 @@ summary
 
 # %% [markdown]
 # Each line is the mean (and standard deviation) over the training seeds listed. The spread between seeds
-# is the size of a difference that means nothing; a change is worth keeping only where its external score
+# is the size of a difference that means nothing; a change is worth keeping only where its test score
 # beats the paper's by more than that, and where it also did so on the validation donors.
 #
 # ## Two side roads, clearly labelled
@@ -332,12 +325,12 @@ summary
 # %%
 from allkit.models import build_model
 
-run = paper.ensure_loaded()
+run = paper.load()
 imagenet = build_model(
     run.backbone, card["weights"]
 )  # the same ImageNet start, never fine-tuned
 side = across_study.frozen_logistic_rows(
-    imagenet, run.backbone, run.prepared, n_boot=n_boot
+    imagenet, run.backbone, run.data, n_boot=n_boot
 ) + across_study.normalised_rows(runs[best_change], best_change, n_boot=n_boot)
 table(side)
 
@@ -345,10 +338,11 @@ table(side)
 # ## How much would more healthy donors buy?
 #
 # The test set cannot say how far the method would get with more people; a learning curve can, if it is
-# allowed to train on some of the external people. Here everyone (fold 1 and the external people) is pooled;
-# for each number of healthy training donors (with three ALL patients per donor), 30 random subject-wise
-# splits train a logistic regression on frozen ImageNet features of those people and score every other
-# person. **This uses the external people for training**: it is a what-if, not a test of any model above.
+# allowed to train on some of the test people. Here everyone (training, validation and test people) is
+# pooled; for each number of healthy training donors (with three ALL patients per donor), 30 random
+# subject-wise splits train a logistic regression on frozen ImageNet features of those people and score
+# every other person. **This uses the test people for training**: it is a what-if, not a test of any
+# model above.
 
 # %%
 from allkit.data import CellDataset
@@ -359,7 +353,7 @@ pooled = extract_features(
     imagenet,
     CellDataset(cache, everyone),
     run.backbone,
-    normalize=run.prepared.normalize,
+    normalize=run.data.normalize,
 )
 donors = tuple(
     k
@@ -367,7 +361,7 @@ donors = tuple(
     if k < everyone.loc[everyone.label == 0, "subject"].nunique()
 )
 curve = across_study.donor_curve(
-    pooled, everyone, donors=donors, draws=30 if ctx.profile.name != "ci" else 3
+    pooled, everyone, donors=donors, draws=30 if ctx.config.name != "ci" else 3
 )
 fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
 sns.lineplot(
@@ -396,13 +390,13 @@ curve.groupby("healthy_donors")[["roc_auc", "balanced_accuracy"]].agg(
 
 # %%
 ext = (
-    by_seed[by_seed.part == "external people"]
+    by_seed[by_seed.part == TEST]
     .groupby("setting")[["balanced_accuracy", "roc_auc"]]
     .mean()
 )
 paper_ext, robust_ext = ext.loc["paper"], ext.loc["robust"]
 reached = robust_ext.balanced_accuracy >= 0.80 and robust_ext.roc_auc >= 0.85
-print(f"External people, mean over {len(seeds)} seed(s):")
+print(f"Test people, mean over {len(seeds)} seed(s):")
 print(f"  paper's recipe: balanced accuracy {paper_ext.balanced_accuracy:.3f}, "
       f"AUC {paper_ext.roc_auc:.3f}")
 print(f"  robust recipe:  balanced accuracy {robust_ext.balanced_accuracy:.3f}, "
@@ -412,33 +406,33 @@ print("Targets (balanced accuracy >= 0.80 and AUC >= 0.85):",
 top = curve.groupby("healthy_donors")["roc_auc"].mean()
 print(f"Learning curve (frozen features): AUC {top.iloc[0]:.3f} with {top.index[0]} "
       f"healthy donor(s), {top.iloc[-1]:.3f} with {top.index[-1]}.")
-spread = by_seed[by_seed.part == "external people"].groupby("setting")[
+spread = by_seed[by_seed.part == TEST].groupby("setting")[
     "balanced_accuracy"
 ].std()
 gain = robust_ext.balanced_accuracy - paper_ext.balanced_accuracy
 noise = spread.max()
 verdict = "a gain" if gain > noise else "a loss" if gain < -noise else "no difference"
-print(f"Robust minus paper, external balanced accuracy: {gain:+.3f} "
+print(f"Robust minus paper, test balanced accuracy: {gain:+.3f} "
       f"(seed spread up to {noise:.3f}): {verdict}.")
 bal = wide["balanced_accuracy"]
-rho = bal["fold-1 validation donors"].corr(bal["external people"], method="spearman")
+rho = bal[VAL].corr(bal[TEST], method="spearman")
 print(f"The paper's recipe and its {len(bal) - 1} single changes, ranked by validation "
-      f"and by external balanced accuracy: Spearman's rho = {rho:.2f}.")
+      f"and by test balanced accuracy: Spearman's rho = {rho:.2f}.")
 
 # %% [markdown]
 # How to read these lines. The targets are the issue's, not the paper's: the paper's 0.85 is a
 # cell-level accuracy on 73 training people. A verdict of "no difference" or "a loss" for the robust
-# recipe is the honest outcome of a rule fixed before the external people were scored: the choice could
-# only see three validation people, one of them healthy, and a rank correlation near zero (or below)
-# says that what they favoured is not what helps 38 new people. The learning curve is the other half of
-# the answer: where it still rises at twelve healthy donors, more people, not another recipe, is what
+# recipe is the honest outcome of a rule fixed in advance: the choice could only see the few validation
+# people (the first table counts them, and their healthy donors), and a rank correlation near zero (or
+# below) says that what they favoured is not what helps the new people. The learning curve is the other
+# half of the answer: where it still rises at its right edge, more people, not another recipe, is what
 # this data set lacks.
 #
 # ## Exercises
 #
 # ```{exercise}
 # :label: ex-12-people
-# Which external people does the paper's recipe get wrong? List, for its hybrid, every external person
+# Which test people does the paper's recipe get wrong? List, for its hybrid, every test person
 # with their class, number of cells, mean P(ALL) and share of cells called right, and count the healthy
 # donors whose cells are mostly called ALL.
 # ```
@@ -474,8 +468,8 @@ print(
 # ```{exercise}
 # :label: ex-12-threshold
 # Chapter 10 chose the decision threshold on the validation cells. Do it here for the paper's recipe
-# (best balanced accuracy on the validation donors) and apply it to the external people. Does a threshold
-# learned from one healthy validation donor carry over?
+# (best balanced accuracy on the validation donors) and apply it to the test people. Does a threshold
+# learned from a few healthy validation donors carry over?
 # ```
 #
 # ```{solution-start} ex-12-threshold
@@ -491,14 +485,14 @@ for name, threshold in (("0.5", 0.5), (f"{cut:.5g} (from validation)", cut)):
         paper.frame("test"), paper.hybrid_proba("test"), threshold=threshold, n_boot=200
     )
     print(
-        f"threshold {name}: external balanced accuracy {row['balanced_accuracy']:.3f}, "
+        f"threshold {name}: test balanced accuracy {row['balanced_accuracy']:.3f}, "
         f"HEM recall {row['hem_recall']:.3f}"
     )
 
 # %% [markdown]
 # A threshold moves the balance between the two kinds of error; it cannot make P(ALL) rank healthy
-# people below patients (the AUC does not change). Whether the validation threshold helps the external
-# people depends on whether the one validation donor resembles them, which is the problem of the whole
+# people below patients (the AUC does not change). Whether the validation threshold helps the test
+# people depends on whether the few validation donors resemble them, which is the problem of the whole
 # chapter in one number.
 #
 # ```{solution-end}

@@ -54,15 +54,14 @@ ctx = setup("13_deployment", PROFILE, download=DATA == "Kaggle",
 
 # %%
 from allkit.deploy import export_saved_model, read_manifest
-from allkit.study.run import rebuild_prepared
 
 run = ctx.run(progress=False)
 card = run.card
-prepared = rebuild_prepared(run, progress=False)  # the run's training and test cells
-deploy_dir = ctx.runs_dir / f"{ctx.profile.name}-deploy"
-result = export_saved_model(run.out / "model", deploy_dir / "model.onnx", int8=True,
-                            calibration=prepared.datasets["train"],
-                            check=prepared.datasets["test"])
+run_data = run.load().data  # the run's training and test cells
+deploy_dir = ctx.runs_dir / f"{ctx.config.name}-deploy"
+result = export_saved_model(run.dir / "model", deploy_dir / "model.onnx", int8=True,
+                            calibration=run_data.datasets["train"],
+                            check=run_data.datasets["test"])
 manifest = read_manifest(result.onnx)
 print(f"Model: {manifest['backbone']} fine-tuned in the {card['profile']} profile "
       f"({card['weights_note']}), {manifest['image_size']} px cells.")
@@ -111,7 +110,7 @@ checks.round(6)
 # %%
 from allkit.study import paper as published
 
-test_labels = prepared.datasets["test"].labels.numpy()
+test_labels = run_data.datasets["test"].labels.numpy()
 majority = max(test_labels.mean(), 1 - test_labels.mean())
 fp32 = checks.loc["fp32"]
 print(f"CNN alone, accuracy: paper {published.CNN_ALONE_ACCURACY:.2f}; here PyTorch "
@@ -139,17 +138,17 @@ print(f"CNN alone, accuracy: paper {published.CNN_ALONE_ACCURACY:.2f}; here PyTo
 #
 # The `ci` profile (the book's automatic test) uses fewer repetitions, skips dynamic int8 and the slow
 # batch-of-32 runs of the two large networks; the other profiles measure everything, at the profile's
-# image size (printed below). Results are cached in the run folder: the timestamp below says when they
-# were measured.
+# image size (printed below). Results are cached in `runs/<profile>-deploy/`: the timestamp below says
+# when they were measured.
 
 # %%
 from allkit.deploy import DEPLOY_BACKBONES, deployment_report, summary_table
 
-quick = ctx.profile.name == "ci"
+quick = ctx.config.name == "ci"
 report = deployment_report(
     DEPLOY_BACKBONES, image_size=card["image_size"],
-    models={card["backbone"]: run.out / "model"},
-    test=prepared.datasets["test"], calibration=prepared.datasets["train"],
+    models={card["backbone"]: run.dir / "model"},
+    test=run_data.datasets["test"], calibration=run_data.datasets["train"],
     threads=(1, None), runs=5 if quick else 50, warmup=2 if quick else 5,
     max_seconds=2.0 if quick else 20.0, batch=32, batch_runs=1 if quick else 3,
     int8_modes=("static",) if quick else ("static", "dynamic"),
@@ -260,8 +259,9 @@ for _, r in acc.iterrows():
 # image file is not included; the non-fine-tuned backbones only say how fast, not how accurate, they would
 # be; and on a shared machine (such as a CI runner) other work inflates the times, particularly the 90th
 # percentile. The command `python benchmarks/deploy.py` runs the same measurement outside the book and writes
-# `runs/deploy/deploy.json`; `allkit export --onnx --model runs/sample/model --out model.onnx --int8` writes
-# the files a deployment needs.
+# `runs/deploy/deploy.json`; `allkit export --onnx --model RUN/model --out model.onnx --int8`, with `RUN`
+# the run's folder in the run store (`runs/<profile>/<recipe>-<key>/`), writes the files a deployment
+# needs.
 
 # %% [markdown]
 # ## Exercises
@@ -284,7 +284,7 @@ import numpy as np
 from allkit.deploy import OnnxPredictor, measure_latency, quantize_onnx
 
 dynamic = quantize_onnx(result.onnx, deploy_dir / "model.dynamic.onnx", mode="dynamic")
-test_cells = prepared.datasets["test"]
+test_cells = run_data.datasets["test"]
 cells = test_cells.__getitems__(range(min(64, len(test_cells))))[0].numpy()
 files = {"fp32": result.onnx, "int8 static": result.int8, "int8 dynamic": dynamic}
 reference = OnnxPredictor(result.onnx).predict_proba(cells)[:, 1] > 0.5
@@ -351,7 +351,8 @@ else:
 # ```{exercise}
 # :label: ex-13-xgboost
 # The deployed file holds the CNN only; the hybrid's decision also needs its XGBoost stage. Time that
-# stage for one cell (`run.hybrid.xgb_.predict_proba` on one cell's features from `run.hybrid.transform`)
+# stage for one cell (`run.hybrid().xgb_.predict_proba` on one cell's features from
+# `run.hybrid().transform`)
 # and compare it with the CNN's latency in the table above.
 # ```
 #
@@ -363,8 +364,9 @@ else:
 from allkit.data import CellDataset
 
 few = CellDataset(test_cells.cache, test_cells.frame.head(32))
-features = run.hybrid.transform(few)  # the CNN's pooled features of up to 32 test cells
-booster = run.hybrid.xgb_
+hybrid = run.hybrid()  # the run's hybrid: its CNN and its XGBoost stage
+features = hybrid.transform(few)  # the CNN's pooled features of up to 32 test cells
+booster = hybrid.xgb_
 trees = booster.get_booster().num_boosted_rounds()
 mine = one_thread[one_thread.backbone == card["backbone"]].set_index("variant")
 print(f"CNN, fastest variant at 1 thread ({mine['latency_median_ms'].idxmin()}): "
