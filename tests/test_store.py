@@ -6,7 +6,7 @@ import ast
 import json
 import re
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -475,3 +475,15 @@ def test_allkit_experiments_chapter_12_trains_what_chapter_12_loads(monkeypatch,
     trained.clear()
     assert main(["experiments", "--profile", "sample", "--quiet"]) == 0
     assert set(trained) == set(recipe_study.study_configs(sample))
+
+
+def test_a_setting_added_later_leaves_every_finished_run_its_key():
+    # the store keeps hours of fine-tunes: a new setting at its default must not make them all new runs
+    @dataclass(frozen=True)
+    class Later(Config):
+        new_knob: int = 0
+
+    base = get_config("sample")
+    assert Later(**base.to_dict()).key("cells") == base.key("cells")
+    assert Later(**base.to_dict(), new_knob=1).key("cells") != base.key("cells")
+    assert replace(base, epochs=6).key("cells") != base.key("cells")  # a setting of the first runs always counts

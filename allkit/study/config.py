@@ -181,13 +181,28 @@ class Config:
     def key(self, data: str) -> str:
         """What the fine-tuned CNN depends on (every training setting and ``data``, the fingerprint of the cells),
         hashed: the run store's name for it."""
-        training = {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING}
+        training = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k in KEYED or (k not in NOT_TRAINING and v != getattr(type(self), k))  # a later setting: if used
+        }
         training["train_seed"] = self.training_seed  # unset or set to the split's seed: the same fine-tune
         # Which people are tested on enters through ``data`` (with another test set, its fingerprint too): "internal"
         # without one is the same fine-tune as "default"
         del training["test"]
         payload = json.dumps({"config": training, "data": data}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+# The settings every run's key holds, frozen with the first runs of this store: a setting added later enters a key
+# only when it is not at its default, so that adding one does not make every finished fine-tune a new run.
+KEYED = (
+    "split", "test", "val_size", "test_size", "seed", "max_train_cells", "max_cells_per_subject", "max_eval_cells",
+    "backbone", "weights", "fallback_backbone", "head", "image_size", "normalize", "epochs", "batch_size",
+    "max_batches", "optimizer", "lr", "lr_schedule", "warmup_epochs", "flip_probability", "rotation_degrees",
+    "label_smoothing", "class_weight", "keep_best", "hed_jitter", "color_jitter", "grayscale", "balanced_sampling",
+    "freeze", "train_seed",
+)  # fmt: skip
 
 
 def from_dict(values: dict) -> Config:
