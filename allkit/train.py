@@ -146,8 +146,8 @@ class Trainer:
         device, steps = self._check(model, train, val)
         optimizer = OPTIMIZERS[self.optimizer](model.parameters(), lr=self.lr)  # the paper: Adamax, lr = 1e-3
         loss_fn = nn.CrossEntropyLoss(weight=self._class_weights(train, device), label_smoothing=self.label_smoothing)
-        kit = self._kit(optimizer, device, steps)  # augmentation, learning-rate schedule, mixed precision
-        best = self._resume(model, optimizer, kit, len(train)) if resume else self._start()
+        tools = self._step_tools(optimizer, device, steps)  # augmentation, learning-rate schedule, mixed precision
+        best = self._resume(model, optimizer, tools, len(train)) if resume else self._start()
         for epoch in range(len(self.history_) + 1, self.epochs + 1):
             shuffle_seed, augment_seed, dropout_seed = epoch_seeds(self.seed, epoch)
             torch.manual_seed(dropout_seed)  # dropout and stochastic depth
@@ -156,13 +156,13 @@ class Trainer:
                 itertools.islice(loader, steps), total=steps, desc=f"Epoch {epoch}", disable=not self.progress
             )
             generator = torch.Generator(device).manual_seed(augment_seed)  # draws where the batch is: no sync
-            record = train_one_epoch(model, batches, optimizer, loss_fn, generator=generator, **kit)
+            record = train_one_epoch(model, batches, optimizer, loss_fn, generator=generator, **tools)
             if val is not None:
                 scores = evaluate(model, val, normalize=self.normalize, amp=self.amp)
                 record.update(val_loss=scores["loss"], val_acc=scores["accuracy"])
                 best = self._remember(best, model, epoch, scores)
             self.history_.append({"epoch": epoch, **record, "lr": optimizer.param_groups[0]["lr"]})
-            self._save(model, optimizer, kit, best, len(train))
+            self._save(model, optimizer, tools, best, len(train))
         if self.keep_best and best["weights"] is not None:
             model.load_state_dict(best["weights"])
         model.eval()
@@ -182,7 +182,7 @@ class Trainer:
         weights = {k: v.cpu().clone() for k, v in model.state_dict().items()} if self.keep_best else None
         return {"loss": scores["loss"], "weights": weights}
 
-    def _kit(self, optimizer, device: torch.device, steps: int) -> dict:
+    def _step_tools(self, optimizer, device: torch.device, steps: int) -> dict:
         dtype = amp_dtype(device, self.amp)
         return {
             "device": device,
@@ -253,10 +253,10 @@ class Trainer:
     def checkpoint_path(self) -> Path | None:
         return None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / CHECKPOINT
 
-    def _save(self, model, optimizer, kit: dict, best: dict, n_train: int) -> None:
+    def _save(self, model, optimizer, tools: dict, best: dict, n_train: int) -> None:
         if self.checkpoint_path is None:
             return
-        parts = {"model": model, "optimizer": optimizer, "scheduler": kit["scheduler"], "scaler": kit["scaler"]}
+        parts = {"model": model, "optimizer": optimizer, "scheduler": tools["scheduler"], "scaler": tools["scaler"]}
         payload = {name: part.state_dict() if part is not None else None for name, part in parts.items()}
         payload.update(
             format="allkit-checkpoint",
@@ -269,7 +269,7 @@ class Trainer:
         )
         save_torch(payload, self.checkpoint_path)
 
-    def _resume(self, model, optimizer, kit: dict, n_train: int) -> dict:
+    def _resume(self, model, optimizer, tools: dict, n_train: int) -> dict:
         if self.checkpoint_path is None:
             raise ConfigError("resume=True needs checkpoint_dir (where the interrupted run wrote last.pt)")
         if not self.checkpoint_path.is_file():
@@ -298,7 +298,7 @@ class Trainer:
             raise ModelError(
                 f"{self.checkpoint_path} holds another model's weights: {str(err).splitlines()[0]}"
             ) from err
-        for part, name in ((optimizer, "optimizer"), (kit["scheduler"], "scheduler"), (kit["scaler"], "scaler")):
+        for part, name in ((optimizer, "optimizer"), (tools["scheduler"], "scheduler"), (tools["scaler"], "scaler")):
             if part is not None and state[name] is not None:
                 part.load_state_dict(state[name])
         self.history_, self.best_epoch_ = state["history"], state["best_epoch"]

@@ -176,3 +176,20 @@ def test_no_widget_state_without_widgets():
             for output in cell.get("outputs", [])
         )
         assert shown or "widgets" not in notebook["metadata"], path.name
+
+
+def test_run_card_says_when_the_source_differs_from_its_commit(monkeypatch):
+    """A checkout with edits to allkit's source: the commit alone would name code that did not run."""
+    import subprocess
+
+    import allkit.study.prepare as prepare
+
+    def git(args, **kwargs):
+        out = "0123456\n" if args[1] == "rev-parse" else changed
+        return subprocess.CompletedProcess(args, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(prepare.subprocess, "run", git)
+    changed = " M allkit/study/store.py\n"
+    assert prepare.version_line().endswith("(commit 0123456+changes)")
+    changed = ""
+    assert prepare.version_line().endswith("(commit 0123456)")

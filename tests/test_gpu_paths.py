@@ -52,11 +52,11 @@ def test_float16_training_gets_a_gradient_scaler_and_bfloat16_none(cuda, monkeyp
     monkeypatch.setattr(torch.amp, "GradScaler", Scaler)
     optimizer = torch.optim.Adamax([torch.nn.Parameter(torch.zeros(1))])
     cuda(7, 5)
-    kit = Trainer(amp="auto")._kit(optimizer, torch.device("cuda"), steps=3)
-    assert kit["dtype"] is torch.float16 and isinstance(kit["scaler"], Scaler) and made == ["cuda"]
+    tools = Trainer(amp="auto")._step_tools(optimizer, torch.device("cuda"), steps=3)
+    assert tools["dtype"] is torch.float16 and isinstance(tools["scaler"], Scaler) and made == ["cuda"]
     cuda(8, 0)
-    kit = Trainer(amp="auto")._kit(optimizer, torch.device("cuda"), steps=3)
-    assert kit["dtype"] is torch.bfloat16 and kit["scaler"] is None
+    tools = Trainer(amp="auto")._step_tools(optimizer, torch.device("cuda"), steps=3)
+    assert tools["dtype"] is torch.bfloat16 and tools["scaler"] is None
 
 
 def test_colab_with_a_gpu_runs_the_paper_profile_by_default(cuda, monkeypatch):

@@ -39,17 +39,20 @@ from allkit.study.workspace import data_root, fingerprint, test_data_root
 def git_commit() -> str | None:
     """The commit of the allkit source: the git checkout it runs from, else the commit pip recorded when it was
     installed from a repository (PEP 610's ``direct_url.json``: ``pip install "allkit @ git+...@TAG"``, as the
-    book's Colab cell does); ``None`` for an install that records none (a wheel, an sdist)."""
+    book's Colab cell does); ``None`` for an install that records none (a wheel, an sdist). A checkout whose
+    allkit source differs from its commit says so (``abc1234+changes``): the commit alone would not be what ran."""
+    here = Path(allkit.__file__).parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(allkit.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
+            changed = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                cwd=here,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            return out.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
     try:
@@ -60,7 +63,8 @@ def git_commit() -> str | None:
 
 
 def version_line() -> str:
-    """``0.1.0 (commit abc1234)``, or ``0.1.0 (installed, no commit recorded)``: what a run card says of allkit."""
+    """``0.1.0 (commit abc1234)``, ``0.1.0 (commit abc1234+changes)`` (the source differs from that commit) or
+    ``0.1.0 (installed, no commit recorded)``: what a run card says of allkit."""
     commit = git_commit()
     return f"{allkit.__version__} ({f'commit {commit}' if commit else 'installed, no commit recorded'})"
 

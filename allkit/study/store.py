@@ -43,7 +43,6 @@ from allkit.study.views import features_and_logits
 from allkit.study.workspace import data_root, runs_dir, test_data_root
 
 CONFIG_FILE, CNN_FILE, METRICS_FILE = "config.json", "cnn.pt", "metrics.json"
-PARTS = ("train", "val", "test")
 
 
 # ---------------------------------------------------------------------------------------------- a run
@@ -60,6 +59,9 @@ class Run:
     meta: dict
     data: RunData | None = None
     model: torch.nn.Module | None = None
+    # Where its cells are now (default: where they were when it was trained): a store moved with its data, or
+    # opened on another machine, finds them by the fingerprint, not by the path
+    where: tuple | None = None
     _hybrids: dict = field(default_factory=dict, repr=False)
     _thresholds: dict = field(default_factory=dict, repr=False)
 
@@ -83,9 +85,8 @@ class Run:
         """The run's data (same configuration and cells: the same split, checked) and its fine-tuned CNN."""
         if self.data is None or self.model is None:
             rebuilt = replace(self.config, backbone=self.backbone, weights=None, fallback_backbone=None)
-            data, _ = prepare(
-                rebuilt, self.card["data"], test_data=self.card.get("test_data") or False, progress=progress
-            )
+            root, test_root = self.where or (self.card["data"], self.card.get("test_data"))
+            data, _ = prepare(rebuilt, root, test_data=test_root or False, progress=progress)
             now, trained = split_record(data), self.meta["split"]
             if now["sha256"] != trained["sha256"]:
                 moved = {
@@ -360,7 +361,9 @@ def run(
         config, _, note = choose_backbone(asked)  # the key is over what is trained: a fallback is one run
         target = stored_as(config)
         if (target / CONFIG_FILE).is_file():
-            return open_run(target, config)
+            opened = open_run(target, config)
+            opened.where = (root, test_root)
+            return opened
     else:
         target = Path(out)
     with claim_folder(target, overwrite=overwrite, inputs=run_inputs(root, test_root)) as staging:  # before any work
@@ -370,13 +373,14 @@ def run(
         if out is not None and (stored / CONFIG_FILE).is_file():
             shutil.copytree(stored, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model", "*.png"))
             trained = open_run(staging, config)
+            trained.where = (root, test_root)
         else:
             trained = train_into(
                 staging, config, root, note=note, device=device, test_data=test_root or False, progress=progress
             )
         if then is not None:
             then(trained)
-    return Run(target.expanduser().absolute(), config, trained.meta, trained.data, trained.model)
+    return Run(target.expanduser().absolute(), config, trained.meta, trained.data, trained.model, (root, test_root))
 
 
 def _complete(done: Run, figures: bool) -> None:

@@ -115,7 +115,7 @@ show_source(train_one_epoch)
 # 10⁻³ and the `CrossEntropyLoss`, then, for each epoch: draws that epoch's random seeds (so that a run
 # interrupted and resumed ends with exactly the same weights), shuffles the training cells, runs
 # `train_one_epoch`, and measures the loss and accuracy on the **validation** cells, which are never
-# trained on. The helpers it calls (`_check`, `_kit`, `_remember`, `_save`) check the arguments, set up
+# trained on. The helpers it calls (`_check`, `_step_tools`, `_remember`, `_save`) check the arguments, set up
 # the optional extras (learning-rate schedule, mixed precision), remember the best epoch and write a
 # checkpoint; they do not change the method.
 
