@@ -13,7 +13,7 @@ from allkit.study.workspace import data_root, test_data_root
 RUN_MARKER = ".allkit-run.json"  # written into every folder `claim_folder` fills: what --overwrite may replace
 # What a run, a trained CNN or a saved model holds (runs from before the marker are recognised by these)
 _RUN_FILES = {"config.json", "cnn.pt", "metrics.json", "outputs", "model", "history.json", "train.json", "checkpoints"}
-_RUN_FILES |= {"manifest.json", "xgboost.json"}
+_RUN_FILES |= {"manifest.json", "xgboost.json", "deploy"}
 
 
 def is_allkit_run(folder: Path) -> bool:

@@ -43,7 +43,9 @@ def git_commit() -> str | None:
     allkit source differs from its commit says so (``abc1234+changes``): the commit alone would not be what ran."""
     here = Path(allkit.__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         if out.returncode == 0 and out.stdout.strip():
             changed = subprocess.run(
                 ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],

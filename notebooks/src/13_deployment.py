@@ -58,7 +58,7 @@ from allkit.deploy import export_saved_model, read_manifest
 run = ctx.run(progress=False)
 card = run.card
 run_data = run.load().data  # the run's training and test cells
-deploy_dir = ctx.runs_dir / f"{ctx.config.name}-deploy"
+deploy_dir = run.dir / "deploy"  # beside the model it is made from, in the run's folder
 result = export_saved_model(run.dir / "model", deploy_dir / "model.onnx", int8=True,
                             calibration=run_data.datasets["train"],
                             check=run_data.datasets["test"])
@@ -138,7 +138,7 @@ print(f"CNN alone, accuracy: paper {published.CNN_ALONE_ACCURACY:.2f}; here PyTo
 #
 # The `ci` profile (the book's automatic test) uses fewer repetitions, skips dynamic int8 and the slow
 # batch-of-32 runs of the two large networks; the other profiles measure everything, at the profile's
-# image size (printed below). Results are cached in `runs/<profile>-deploy/`: the timestamp below says
+# image size (printed below). Results are kept in the run's folder (`deploy/`): the timestamp below says
 # when they were measured.
 
 # %%
