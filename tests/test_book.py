@@ -74,6 +74,16 @@ def test_every_run_card_shows_one_commit():
     assert len(set.union(*commits.values())) == 1, f"chapters executed at different commits: {commits}"
 
 
+def test_no_chapter_code_line_is_wider_than_the_page():
+    """The book's column shows about 88 characters of code: a longer line is cut off on the page."""
+    import jupytext
+
+    for path in sorted((ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py")):
+        code = [c.source for c in jupytext.read(path).cells if c.cell_type == "code"]
+        wide = [line for cell in code for line in cell.splitlines() if len(line) > 88]
+        assert not wide, f"{path.name}: code lines over 88 characters: {wide[:2]}"
+
+
 def test_every_chapter_teaches_and_installs_the_pinned_release():
     """Learning goals, at least two exercises with solutions, the pinned install and the Colab form."""
     for path in sorted((ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py")):

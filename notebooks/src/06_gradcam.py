@@ -50,7 +50,6 @@ from allkit.constants import CLASS_NAMES
 from allkit.explain import gradcam
 from allkit.models import get_backbone
 from allkit.study import paper, plots
-from allkit.study.book import show_source
 
 run = ctx.run(progress=False)
 card = run.card
@@ -79,13 +78,33 @@ print(f"Hooked layer: {layer_name!r} ({type(layer).__name__}), the end of the "
 #
 # ## The code
 #
-# `pytorch-grad-cam` does the work. `GradCAM(model, target_layers=[layer])` hooks the layer; each
-# `ClassifierOutputTarget(c)` says which class's score to explain for one image (the true class, the
-# predicted one, or any other); calling the `cam` returns one map per image. allkit's `gradcam` wraps
-# exactly that, in batches, and keeps the model's own prediction next to each map:
+# `pytorch-grad-cam` does the work, in three lines: `GradCAM(model, target_layers=[layer])` hooks the
+# layer; each `ClassifierOutputTarget(c)` says which class's score to explain for one image (the true
+# class, the predicted one, or any other); calling the `cam` on the network's input returns one map per
+# image. Here for the first four test cells, each for the class ALL:
 
 # %%
-show_source(gradcam)
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from allkit.transforms import to_model_input
+
+first = torch.stack([test[i][0] for i in range(4)])  # uint8 cells, as cached
+x = to_model_input(first, normalize)  # the network's input, normalised as in training
+with GradCAM(model=run.model.eval(), target_layers=[layer]) as cam:
+    maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(1)] * len(x))
+print(f"{maps.shape} (cells, height, width): one map per cell, values from "
+      f"{maps.min():.2f} to {maps.max():.2f}")
+
+# %% [markdown]
+# allkit's `gradcam` wraps exactly that, in batches, for a target given per cell ("true", "predicted", a
+# class), and keeps the model's own prediction next to each map. The same four cells through it give the
+# same maps:
+
+# %%
+same = gradcam(run.model, card["backbone"], first, target=1, normalize=normalize)
+assert np.allclose(same.heatmaps, maps, atol=1e-5), "the two sets of maps differ"
+print("the same maps:", np.allclose(same.heatmaps, maps, atol=1e-5))
 
 # %% [markdown]
 # ## Heatmaps for the true class (the paper's FIG 5)
