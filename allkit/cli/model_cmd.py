@@ -181,18 +181,23 @@ def config_of(args):
     return config
 
 
+def run_options(args) -> dict:
+    """What ``reproduce`` and ``train`` pass to the run store: the configuration, the data, where to write."""
+    return {
+        "config": config_of(args),
+        "data": args.data,
+        "out": args.out,
+        "overwrite": args.overwrite,
+        "device": args.device,
+        "progress": not args.quiet,
+        "test_data": args.test_data,
+    }
+
+
 def run_reproduce(args) -> int:
     from allkit.study.store import reproduce
 
-    run = reproduce(
-        config_of(args),
-        args.data,
-        out=args.out,
-        overwrite=args.overwrite,
-        device=args.device,
-        progress=not args.quiet,
-        test_data=args.test_data,
-    )
+    run = reproduce(**run_options(args))
     card, metrics = run.card, run.metrics
     print(
         f"run card: profile {card['profile']}, recipe {args.recipe}, data {card['data']} ({card['data_source']}"
@@ -208,15 +213,7 @@ def run_reproduce(args) -> int:
 def run_train(args) -> int:
     from allkit.study.store import run
 
-    done = run(
-        config_of(args),
-        args.data,
-        out=args.out,
-        overwrite=args.overwrite,
-        device=args.device,
-        progress=not args.quiet,
-        test_data=args.test_data,
-    )
+    done = run(**run_options(args))
     last = done.history[-1]
     print(
         f"trained {done.backbone} for {len(done.history)} epoch(s): train acc {last['train_acc']:.3f}"
