@@ -39,13 +39,6 @@
 # - separate a gain in *ranking* (ROC AUC) from a gain in *where the cut is made* (the threshold) with an
 #   ablation;
 # - say how much a comparison with a few training seeds and a few dozen test people can establish.
-#
-# ```{warning}
-# **The outputs on this page are from an earlier experiment, awaiting re-execution.** They were computed on
-# the earlier data (the fold-1 sample, tested on other people's folder) by an earlier version of the code
-# shown here, which now runs the release's folds protocol (folds 0–1 for training and validation, fold 2
-# as the test people). Until this chapter is re-executed, read its numbers as that earlier experiment's.
-# ```
 
 # %%
 # Setup. On Colab: pick the options in the form, then run. Elsewhere: the run card.
