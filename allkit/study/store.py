@@ -351,9 +351,11 @@ def run(
     internal = asked.test == "internal" or asked.split == "image"  # the by-image split measures leakage inside
     test_root = None if internal else test_data_root(test_data)
     store = Path(runs or runs_dir())
+    cells = []  # their fingerprint, read once and only after the backbone is chosen (a fallback is said first)
 
     def stored_as(config: Config) -> Path:
-        key = config.key(data_fingerprint(load_cnmc(root), test_root))
+        cells[:] = cells or [data_fingerprint(load_cnmc(root), test_root)]
+        key = config.key(cells[0])
         done = sorted((store / config.name).glob(f"*-{key}"))  # the same fine-tune under another recipe's name
         return next((f for f in done if (f / CONFIG_FILE).is_file()), store / config.name / f"{config.recipe}-{key}")
 
