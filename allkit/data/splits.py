@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from allkit.constants import SEED
 from allkit.data.records import summarize
@@ -176,6 +176,31 @@ def split_by_subject(
     return Split(**parts, protocol="subject", seed=seed)
 
 
+def grouped_kfold(
+    frame: pd.DataFrame, fold: int, folds: int, *, seed: int = SEED, digests: dict[str, str] | None = None
+) -> Split:
+    """Training and validation for fold ``fold`` (0-based) of ``folds``: the people are dealt into ``folds``
+    groups with each class's people spread evenly (scikit-learn's ``StratifiedGroupKFold`` over people), people
+    who share a picture (``digests``) in one group; validation is group ``fold``, training the others."""
+    if not 0 <= fold < folds:
+        raise DataError(f"cross-validation fold {fold} does not exist; expected 0 to {folds - 1}")
+    labels = _subjects(frame)
+    smallest = int(labels.value_counts().min())
+    if smallest < folds:
+        raise DataError(
+            f"{folds}-fold cross-validation over people needs at least {folds} people of each class; "
+            f"this data has {smallest} of one class"
+        )
+    groups = linked_subjects(frame, digests) if digests is not None else {s: s for s in labels.index}
+    dealer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    people = labels.index.to_numpy()
+    rounds = list(dealer.split(people, labels.to_numpy(), [groups[s] for s in people]))
+    train, val = (set(people[i]) for i in rounds[fold])
+    parts = {"train": _take(frame, train), "val": _take(frame, val), "test": frame.iloc[:0]}
+    check_leakage(parts, digests)
+    return Split(**parts, protocol="subject", seed=seed)
+
+
 def without_copies(split: Split, digests: dict[str, str]) -> Split:
     """``split`` with the evaluation side cleaned: validation cells whose pixels are training cells, and test
     cells whose pixels are training or validation cells (the same picture filed under another person), dropped
@@ -196,12 +221,15 @@ def split_folds(
     seed: int = SEED,
     digests: dict[str, str] | None = None,
     min_val_subjects: int = 3,
+    cv: tuple[int, int] | None = None,
 ) -> Split:
     """The release's own folds, which it made by person: the cells of ``test_folds`` are the test part (people
     no step of the method has seen, scored once), the other training folds are split by subject into training
     and validation with at least ``min_val_subjects`` people of each class in validation where a class has
     enough. The preliminary test set is not used. With ``digests``, test cells whose pixels are also training or
-    validation cells (filed under another person by the release) are dropped from the test part and counted."""
+    validation cells (filed under another person by the release) are dropped from the test part and counted.
+    ``cv=(i, k)``: validation is instead the ``i``-th of ``k`` grouped folds of those people
+    (:func:`grouped_kfold`), for model selection by cross-validation over donors."""
     folds = frame["fold"].astype(str)
     training = folds.str.startswith("fold_")
     test, rest = frame[training & folds.isin(test_folds)], frame[training & ~folds.isin(test_folds)]
@@ -210,10 +238,14 @@ def split_folds(
             f"the folds protocol tests on {', '.join(test_folds)} and trains on the other training folds; "
             f"this data has {', '.join(sorted(set(folds))) or 'no folds'}. Use split_by_subject instead"
         )
-    inside = split_by_subject(
-        rest, val_size=val_size, test_size=0, seed=seed, digests=digests, min_val_subjects=min_val_subjects
-    )
-    split = Split(inside.train, inside.val, test.reset_index(drop=True), protocol="folds", seed=seed)
+    if cv is None:
+        inside = split_by_subject(
+            rest, val_size=val_size, test_size=0, seed=seed, digests=digests, min_val_subjects=min_val_subjects
+        )
+    else:
+        inside = grouped_kfold(rest, *cv, seed=seed, digests=digests)
+    protocol = "folds" if cv is None else f"folds, cross-validation group {cv[0] + 1} of {cv[1]} as validation"
+    split = Split(inside.train, inside.val, test.reset_index(drop=True), protocol=protocol, seed=seed)
     if digests is None:
         check_leakage(split.parts())
         return split

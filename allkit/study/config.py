@@ -74,6 +74,10 @@ class Config:
     val_size: float = 0.2
     test_size: float = 0.2
     seed: int = SEED  # the split's, the XGBoost fit's and the bootstrap's
+    # model selection by cross-validation over people: validation is group ``cv_fold`` (0-based) of ``cv_folds``
+    # groups of the training folds' people (split "folds" only); None: the ordinary validation draw
+    cv_fold: int | None = None
+    cv_folds: int = 3
     max_train_cells: int | None = None  # a seeded subset per split part, every person kept
     max_cells_per_subject: int | None = None  # in training and validation
     max_eval_cells: int | None = None
@@ -135,6 +139,9 @@ class Config:
             n_gradcam=whole(self.n_gradcam),
             n_boot=whole(self.n_boot),
             seed=whole(self.seed, low=0) and self.seed < 2**32,
+            cv_folds=whole(self.cv_folds, low=2),
+            cv_fold=self.cv_fold is None
+            or (whole(self.cv_fold, low=0) and self.cv_fold < self.cv_folds and self.split == "folds"),
             train_seed=self.train_seed is None or (whole(self.train_seed, low=0) and self.train_seed < 2**32),
             lr=number(self.lr, 0, 10) and self.lr > 0,
             xgb_eta=number(self.xgb_eta, 0, 1) and self.xgb_eta > 0,
@@ -161,7 +168,8 @@ class Config:
                     + (
                         f"; expected one of {', '.join(map(repr, allowed))}"
                         if allowed
-                        else " (sizes, epochs and counts are positive integers, rates and fractions in range)"
+                        else " (sizes, epochs and counts are positive integers, rates and fractions in range;"
+                        " cv_fold is below cv_folds and needs split 'folds')"
                     )
                 )
 
@@ -190,6 +198,8 @@ class Config:
         # Which people are tested on enters through ``data`` (with another test set, its fingerprint too): "internal"
         # without one is the same fine-tune as "default"
         del training["test"]
+        if self.cv_fold is None:  # the number of groups means nothing without one of them as validation
+            training.pop("cv_folds", None)
         payload = json.dumps({"config": training, "data": data}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 

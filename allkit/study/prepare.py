@@ -30,7 +30,7 @@ from allkit.data import (
     without_copies,
 )
 from allkit.device import select_device
-from allkit.errors import ModelError
+from allkit.errors import ConfigError, ModelError
 from allkit.models import build_model, get_backbone
 from allkit.study.config import Config
 from allkit.study.workspace import data_root, fingerprint, test_data_root
@@ -100,7 +100,13 @@ def make_split(
         chosen = split_paper(frame, seed=config.seed)
         return chosen if digests is None else without_copies(chosen, digests)
     if config.split == "folds" and has_folds(frame):
-        return split_folds(frame, val_size=config.val_size, seed=config.seed, digests=digests)
+        cv = None if config.cv_fold is None else (config.cv_fold, config.cv_folds)
+        return split_folds(frame, val_size=config.val_size, seed=config.seed, digests=digests, cv=cv)
+    if config.cv_fold is not None:
+        raise ConfigError(
+            "cross-validation over people (cv_fold) runs on the release's folds: this data has no fold 2 "
+            "beside another training fold"
+        )
     safe = split_by_subject(
         frame, val_size=config.val_size, test_size=config.test_size, seed=config.seed, digests=digests
     )
