@@ -75,8 +75,9 @@ def test_scores_and_donor_curve_on_separable_people():
     people = [f"H{i}" for i in range(6)] + [str(i) for i in range(12)]
     frame = pd.DataFrame([{"subject": p, "label": int(not p.startswith("H"))} for p in people for _ in range(5)])
     features = rng.normal(0, 1, (len(frame), 3)) + frame[["label"]].to_numpy() * 3
-    curve = donor_curve(features, frame, donors=(1, 3), draws=4)
-    assert set(curve["healthy_donors"]) == {1, 3} and curve["roc_auc"].min() > 0.9
+    curve = donor_curve(features, frame, donors=(1, 2, 3, 4), draws=4)
+    # 4 donors of 6 would leave 2 healthy people to score, fewer than half of them: that point is left out
+    assert set(curve["healthy_donors"]) == {1, 2, 3} and curve["roc_auc"].min() > 0.9
     proba = np.column_stack([1 - frame["label"], frame["label"]]).astype(float)
     result = scores(frame, proba, n_boot=50)
     assert (
@@ -94,7 +95,19 @@ def test_across_recipes_are_one_change_from_the_paper_and_change_its_key():
     assert replace(paper, recipe="another name").key("data") == paper.key("data")
     # settings that change only predictions leave the fine-tune's key alone
     assert replace(paper, tta=True, threshold="validation", n_boot=5).key("data") == paper.key("data")
-    names = [c.recipe for c in across_configs(get_config("sample"))]
-    assert names[: len(ACROSS) + 1] == ["paper", *ACROSS] and len(names) == len(ACROSS) + 6
-    assert len(set(across_configs(get_config("sample")))) == len(names)
-    assert [c.recipe for c in across_configs(get_config("ci"))] == ["paper", *ACROSS, "robust"]
+    for preset in ("sample", "ci"):
+        config = get_config(preset)
+        configs = across_configs(config)
+        assert len(set(configs)) == len(configs) == 2 + (1 + len(ACROSS)) * config.cv_folds
+        folds = configs[1:-1]  # every setting at every fold, each at most 40 cells per person
+        assert [c.recipe for c in folds[:: config.cv_folds]] == ["paper", *ACROSS]
+        assert [c.cv_fold for c in folds] == list(range(config.cv_folds)) * (1 + len(ACROSS))
+        assert {c.max_cells_per_subject for c in folds} == {40} and configs[-1].cv_fold is None
+    # a fold's fine-tune is a run of its own; the number of folds counts only where one of them is used
+    sample = get_config("sample")
+    assert len({sample.key("d"), *(replace(sample, cv_fold=i).key("d") for i in range(3))}) == 4
+    assert replace(sample, cv_folds=5).key("d") == sample.key("d")
+    with pytest.raises(ConfigError, match="cv_fold=3"):
+        replace(sample, cv_fold=3)
+    with pytest.raises(ConfigError, match="needs split 'folds'"):
+        replace(get_config("paper"), cv_fold=0)

@@ -198,11 +198,16 @@ def test_the_offline_fallback_is_said_before_any_work(data, capsys, monkeypatch)
 
     real = prepare.build_model
     monkeypatch.setattr(prepare, "build_model", no_b0)
+    monkeypatch.setattr(prepare, "_SAID", set())  # said once per process: this test's process may have said it
     monkeypatch.setattr(prepare, "load_cnmc", stop)
     monkeypatch.setattr(store, "load_cnmc", stop)
     with pytest.raises(DataRead):  # stopped at the first data read: the fallback must be said by then
         prepare.prepare(get_config("ci"), data, progress=False)
     assert "using efficientnet_lite0" in capsys.readouterr().err
+    with pytest.raises(DataRead):  # said once per process, not again for each run a chapter opens
+        prepare.prepare(get_config("ci"), data, progress=False)
+    assert "using efficientnet_lite0" not in capsys.readouterr().err
+    prepare._SAID.clear()
     with pytest.raises(DataRead):  # the store too: it keys a run by the backbone it gets
         store.run(get_config("ci"), data, runs=data / "runs", progress=False)
     assert "using efficientnet_lite0" in capsys.readouterr().err

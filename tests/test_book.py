@@ -98,6 +98,19 @@ def test_every_chapter_teaches_and_installs_the_pinned_release():
         assert not long, f"{path.name}: code lines over 88 columns at {long[:5]}"
 
 
+def test_every_chapter_ends_with_a_summary():
+    """The main text of every chapter ends with a "## Summary" section, its last "## " heading before "## Exercises"."""
+    import jupytext
+
+    for path in sorted((ROOT / "notebooks" / "src").glob("[0-9][0-9]_*.py")):
+        markdown = [c.source for c in jupytext.read(path).cells if c.cell_type == "markdown"]
+        headings = [line.strip() for cell in markdown for line in cell.splitlines() if line.startswith("## ")]
+        assert "## Exercises" in headings, f"{path.name}: no ## Exercises heading"
+        main_text = headings[: headings.index("## Exercises")]
+        assert "## Summary" in main_text, f"{path.name}: no ## Summary before ## Exercises"
+        assert main_text[-1] == "## Summary", f"{path.name}: ## Summary is followed by {main_text[-1]!r}"
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM:

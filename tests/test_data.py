@@ -20,6 +20,7 @@ from allkit.data import (
     build_cache,
     check_leakage,
     decode_cell,
+    grouped_kfold,
     linked_subjects,
     load_cnmc,
     make_loader,
@@ -552,6 +553,45 @@ def test_folds_protocol_tests_on_fold_2_and_keeps_validation_donors(synthetic_ro
     check_leakage(split.parts())
     with pytest.raises(DataError, match="fold_2"):
         split_folds(frame[frame["fold"] != "fold_2"])
+
+
+def people_frame(healthy: int, patients: int, cells: int = 3) -> pd.DataFrame:
+    """A frame of folds 0-1 people (no images): ``H<i>`` healthy, ``<i>`` ALL, ``cells`` cells each."""
+    rows = [
+        {"path": f"{s}_{c}.bmp", "subject": s, "label": int(not s.startswith("H")), "fold": f"fold_{i % 2}"}
+        for i, s in enumerate([f"H{i}" for i in range(healthy)] + [str(i) for i in range(patients)])
+        for c in range(cells)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_cross_validation_over_people_validates_everyone_once_and_keeps_linked_people_together():
+    frame = people_frame(healthy=7, patients=14)
+    digests = {path: path for path in frame["path"]}
+    digests["H0_0.bmp"] = digests["H5_1.bmp"]  # one picture filed under two donors, as the release does
+    seen = []
+    for fold in range(3):
+        split = grouped_kfold(frame, fold, 3, seed=1, digests=digests)
+        train, val = set(split.train["subject"]), set(split.val["subject"])
+        assert not train & val and train | val == set(frame["subject"]) and split.test.empty
+        assert split.val.groupby("label")["subject"].nunique().min() >= 2  # both classes in every group
+        assert {"H0", "H5"} <= val or {"H0", "H5"} <= train
+        seen += sorted(val)
+    assert sorted(seen) == sorted(set(frame["subject"]))  # each person validates exactly once
+    assert grouped_kfold(frame, 1, 3, seed=1).val.equals(grouped_kfold(frame, 1, 3, seed=1).val)  # seeded
+    with pytest.raises(DataError, match="fold 3 does not exist"):
+        grouped_kfold(frame, 3, 3)
+    with pytest.raises(DataError, match="at least 8 people of each class"):
+        grouped_kfold(frame, 0, 8)
+
+
+def test_folds_protocol_with_cross_validation_keeps_fold_2_as_the_test(synthetic_root):
+    frame = load_cnmc(synthetic_root).frame
+    plain = split_folds(frame, seed=0)
+    for fold in range(2):
+        split = split_folds(frame, seed=0, cv=(fold, 2))
+        assert split.test.equals(plain.test) and split.protocol.startswith("folds, cross-validation")
+        assert set(split.val["fold"]) | set(split.train["fold"]) <= {"fold_0", "fold_1"}
 
 
 def test_data_check_reports_copies_under_two_people_and_stays_usable(synthetic_root, tmp_path, capsys):

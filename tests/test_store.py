@@ -21,7 +21,7 @@ from allkit.hybrid import HybridClassifier
 from allkit.inference import predict, predict_proba
 from allkit.models import PooledFeatures
 from allkit.study import pitfalls, recipe_study
-from allkit.study.across_study import across_configs
+from allkit.study.across_study import across_configs, cv_config
 from allkit.study.calibration import choose_threshold
 from allkit.study.config import ACROSS, RECIPES, Config, get_config
 from allkit.study.finetune import augmentation
@@ -448,8 +448,8 @@ def test_allkit_experiments_trains_every_fine_tune_of_chapters_9_to_11():
 
 
 def test_allkit_experiments_chapter_12_trains_what_chapter_12_loads(monkeypatch, capsys):
-    # chapter 12 compares the paper's recipe with each single change at seed 42, then the paper's and the
-    # robust recipe at three seeds; the CLI must ask for exactly those, or the notebook trains them again
+    # chapter 12 chooses between the paper's recipe and each single change by cross-validation over people, then
+    # fine-tunes the robust recipe; the CLI must ask for exactly those, or the notebook trains them again
     from allkit.cli.main import main
 
     trained = []
@@ -461,19 +461,17 @@ def test_allkit_experiments_chapter_12_trains_what_chapter_12_loads(monkeypatch,
     monkeypatch.setattr(store, "run", record)  # the command imports it when it runs
     assert main(["experiments", "--chapter", "12", "--profile", "sample", "--quiet"]) == 0
     sample = get_config("sample")
-    expected = [sample, *(sample.with_recipe(name) for name in ACROSS)]
-    expected += [recipe_study.recipe_config(sample, r, s) for r in ("paper", "robust") for s in (43, 44)]
-    expected += [sample.with_recipe("robust")]
-    assert len(ACROSS) == 8 and sorted(trained, key=repr) == sorted(expected, key=repr)
-    assert sorted(trained, key=repr) == sorted(across_configs(sample), key=repr)
-    assert f"[14/14] {trained[-1].recipe}" in capsys.readouterr().out
+    expected = [sample, sample.with_recipe("robust")]
+    expected += [cv_config(sample, name, fold) for name in ("paper", *ACROSS) for fold in range(3)]
+    assert sorted(trained, key=repr) == sorted(expected, key=repr) == sorted(across_configs(sample), key=repr)
+    assert f"[17/17] {trained[-1].recipe}" in capsys.readouterr().out
     src = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "12_across_people.py"
     assert set(_runs_in_source(src, sample)) <= set(expected)
 
     trained.clear()
     assert main(["experiments", "--chapter", "all", "--profile", "sample", "--quiet"]) == 0
-    assert len(trained) == len(set(trained)) == 9 + 14 - 2  # both share the paper's seed-42 and seed-43 fine-tunes
-    assert replace(sample, test="internal") in trained and sample.with_recipe("across-stain") in trained
+    assert len(trained) == len(set(trained)) == 9 + 17 - 1  # both use the paper's fine-tune at seed 42
+    assert replace(sample, test="internal") in trained and cv_config(sample, "across-stain", 2) in trained
 
     trained.clear()
     assert main(["experiments", "--profile", "sample", "--quiet"]) == 0

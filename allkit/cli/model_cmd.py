@@ -30,7 +30,7 @@ EXPERIMENTS_EXAMPLES = """\
 examples:
   allkit experiments --profile ci --data ../shared/data
   allkit experiments --profile sample --data ../shared/data       # what notebooks 09-11 show (hours on a CPU)
-  allkit experiments --chapter 12 --profile sample --data ../shared/data   # notebook 12's 14 fine-tunes
+  allkit experiments --chapter 12 --profile sample --data ../shared/data   # notebook 12's 17 fine-tunes
 """
 CHAPTERS = ("9-11", "12", "all")
 GRADCAM_EXAMPLES = """\
@@ -65,7 +65,7 @@ def _recipe(parser) -> None:
         choices=sorted(RECIPES),
         default="paper",
         help="how the CNN is fine-tuned and predicts: the paper's; 'improved' (selected on validation "
-        "subjects in notebook 11), 'robust' (chosen on validation donors in notebook 12), or one change of "
+        "subjects in notebook 11), 'robust' (chosen by cross-validation over people in notebook 12), or one change of "
         "notebook 12 (across-*)",
     )
 
@@ -162,6 +162,19 @@ def _print_metrics(title: str, metrics: dict) -> None:
         f"\n{title}: accuracy {metrics['accuracy']:.3f} "
         f"(95% CI {metrics['ci']['accuracy']['low']:.3f}-{metrics['ci']['accuracy']['high']:.3f}, "
         f"bootstrap over subjects), weighted F1 {metrics['weighted_f1']:.3f}, n = {metrics['n']}"
+    )
+
+    def with_ci(key):
+        ci = metrics["ci"].get(key) or {}
+        interval = f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci.get("low") is not None else ""
+        return f"{metrics[key]:.3f}{interval}"
+
+    # beside accuracy, what the larger class alone would score and the scores it cannot carry
+    print(
+        f"  balanced accuracy {with_ci('balanced_accuracy')}"
+        + (f", ROC AUC {with_ci('roc_auc')}" if metrics.get("roc_auc") is not None else "")
+        + f"; always answering the larger class: accuracy {metrics['majority_baseline']:.3f}, balanced 0.500;"
+        f" {metrics['n_subjects']} people"
     )
     print(format_table2(pd.DataFrame(metrics["table2"]).T))
 

@@ -1,12 +1,9 @@
-"""Across people: what carries over from the 14 people of fold 1 to people the model has never seen.
-
-The external test set (``ALLKIT_TEST_DATA``, 547 cells of 38 other C-NMC people) showed a fine-tune on fold 1
-close to chance: with three healthy donors, whose cells happen to be darker than the ALL patients', a
-network can learn the donors instead of the cells. What may help, one change at a time on the same split and
-seed (chapter "Across people"): colour and stain variation during training (:class:`StainAugment`),
-stronger geometric augmentation, gentler fine-tuning (a lower learning rate, frozen early layers, early
-stopping on the validation donors), class-balanced sampling, test-time views. Everything is chosen on the
-fold-1 validation donors; the external people are scored once per variant.
+"""Across people: the training changes chapter 12 compares, for a model that must work on people it has never
+seen. A person's cells share a staining batch and a microscope session, so a network can learn the few healthy
+donors of its training part (their cells' colour and size) instead of the cells. What may help: colour and stain
+variation during training (:class:`StainAugment`), stronger geometric augmentation, gentler fine-tuning (frozen
+early layers), class-balanced sampling, and, as a clearly labelled transductive side road, features normalised
+within each person (:func:`subject_normalised`).
 
 HED stain jitter uses scikit-image's colour-deconvolution matrices (``skimage.color.hed_from_rgb`` /
 ``rgb_from_hed``, Ruifrok and Johnston's haematoxylin-eosin-DAB vectors), the same transform as

@@ -1,9 +1,12 @@
-"""The chapter "Across people", measured: each change of :data:`allkit.study.config.ACROSS` fine-tuned on the
-same split and seed as the paper's recipe, scored on the validation donors (where choices are made) and once on
-the test people (fold 2 in the folds protocol: people no step has seen); a learning curve over the number of
-training donors; and two clearly labelled side roads (per-person feature normalisation, which is transductive, and
-frozen ImageNet features with a logistic regression).
+"""The chapter "Across people", measured: the paper's recipe and each single change of
+:data:`allkit.study.config.ACROSS` chosen between by cross-validation over the people of folds 0-1 (each group of
+people is the validation part once, :attr:`~allkit.study.config.Config.cv_fold`), the paper's and the chosen
+``robust`` recipe then scored once on the test people (fold 2: people no step has seen); a learning curve over the
+number of healthy donors; and two clearly labelled side roads (per-person feature normalisation, which is
+transductive, and frozen ImageNet features with a logistic regression).
 """
+
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -14,28 +17,25 @@ from sklearn.preprocessing import StandardScaler
 from allkit.hybrid import extract_features
 from allkit.study.across import subject_normalised
 from allkit.study.config import ACROSS, Config
-from allkit.study.recipe_study import recipe_config, study_seeds
 from allkit.study.score import score_row
 from allkit.study.store import Run
 
 PARTS = {"val": "validation donors", "test": "test people"}
+# People matter more than cells (the donor curve): the cross-validation fine-tunes see at most this many cells of
+# each person, so that (1 + len(ACROSS)) x cv_folds of them fit in a CPU afternoon
+CV_CELLS_PER_PERSON = 40
 
 
-def across_seeds(config: Config) -> tuple[int, ...]:
-    """The training seeds at which the chapter compares the paper's and the ``robust`` recipe: three (one in
-    the ``ci`` preset), because the difference between two recipes means something only beside the
-    spread between seeds of one."""
-    return study_seeds(config, 1 if config.name == "ci" else 3)
+def cv_config(config: Config, recipe: str, fold: int) -> Config:
+    """``recipe`` fine-tuned with group ``fold`` of the training folds' people as validation."""
+    return replace(config.with_recipe(recipe), cv_fold=fold, max_cells_per_subject=CV_CELLS_PER_PERSON)
 
 
 def across_configs(config: Config) -> list[Config]:
-    """Every fine-tune the chapter loads, in the order it loads them: the paper's recipe and each single change
-    of :data:`~allkit.study.config.ACROSS` at the preset's seed, then the paper's and the ``robust`` recipe at
-    each of :func:`across_seeds`."""
-    configs = [config.with_recipe("paper"), *(config.with_recipe(name) for name in ACROSS)]
-    for recipe in ("paper", "robust"):
-        configs += [recipe_config(config, recipe, seed) for seed in across_seeds(config)]
-    return list(dict.fromkeys(configs))
+    """Every fine-tune the chapter loads, in the order it loads them: the paper's recipe, then it and each single
+    change of :data:`~allkit.study.config.ACROSS` at every cross-validation fold, then the ``robust`` recipe."""
+    folds = [cv_config(config, name, fold) for name in ("paper", *ACROSS) for fold in range(config.cv_folds)]
+    return [config.with_recipe("paper"), *folds, config.with_recipe("robust")]
 
 
 def scores(frame: pd.DataFrame, proba: np.ndarray, *, threshold: float = 0.5, n_boot: int = 1000) -> dict:
@@ -45,10 +45,13 @@ def scores(frame: pd.DataFrame, proba: np.ndarray, *, threshold: float = 0.5, n_
     return row
 
 
-def variant_rows(run: Run, name: str, *, model: str = "hybrid", kind: str = "plain", n_boot: int = 1000) -> list:
-    """One row per part (validation donors, test people) for ``run``'s hybrid or CNN alone."""
+def variant_rows(
+    run: Run, name: str, *, model: str = "hybrid", kind: str = "plain", n_boot: int = 1000, parts=tuple(PARTS)
+) -> list:
+    """One row per part of ``parts`` (validation donors, test people) for ``run``'s hybrid or CNN alone."""
     rows = []
-    for part, label in PARTS.items():
+    for part in parts:
+        label = PARTS[part]
         proba = run.hybrid_proba(part, kind) if model == "hybrid" else run.cnn_proba(part, kind)
         rows.append({"setting": name, "model": model, "part": label, **scores(run.frame(part), proba, n_boot=n_boot)})
     return rows
@@ -93,22 +96,27 @@ def frozen_logistic_rows(cnn, backbone, prepared, *, n_boot: int = 1000) -> list
     ]
 
 
+LEFT_TO_SCORE = 4  # people of each class a donor-curve draw leaves to score: fewer, and one person is the score
+
+
 def donor_curve(features: np.ndarray, frame: pd.DataFrame, donors=(1, 2, 3, 5, 8), *, draws: int = 30, seed=0):
     """How much would more healthy donors buy? For each number ``k`` of healthy training donors (and as many
-    ALL patients, up to those there are), ``draws`` subject-wise splits of all the people in ``frame``: a
+    ALL patients, ``3 k`` where there are), ``draws`` subject-wise splits of all the people in ``frame``: a
     logistic regression on ``features`` of ``k`` donors and their patients, scored on every other person
-    (AUC and balanced accuracy over cells). Uses the test people for training too: a what-if, not a test."""
+    (AUC and balanced accuracy over cells). A ``k`` that would leave fewer than :data:`LEFT_TO_SCORE` healthy
+    people to score (half of them, in a smaller set) is skipped. Uses the test people for training too: a what-if, not a test."""
     rng = np.random.default_rng(seed)
     people = frame.groupby("subject")["label"].first()
     healthy, sick = people.index[people == 0].to_numpy(), people.index[people == 1].to_numpy()
+    left = min(LEFT_TO_SCORE, len(healthy) // 2, len(sick) // 2)
     rows = []
     for k in donors:
-        if k >= len(healthy):
+        if k > len(healthy) - left:
             continue
         for draw in range(draws):
             train_people = [
                 *rng.choice(healthy, k, replace=False),
-                *rng.choice(sick, min(len(sick) - 2, 3 * k), replace=False),
+                *rng.choice(sick, max(1, min(len(sick) - left, 3 * k)), replace=False),
             ]
             train = frame["subject"].isin(train_people).to_numpy()
             model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))

@@ -196,6 +196,9 @@ class RunData:
         }
 
 
+_SAID: set[str] = set()
+
+
 def choose_backbone(config: Config) -> tuple[Config, torch.nn.Module, str]:
     """``(config, model, note)``: the model the configuration asks for, or, where its ImageNet weights cannot be
     had, its offline fallback (said at once, before hours of training, not only in the run card). The returned
@@ -225,7 +228,9 @@ def choose_backbone(config: Config) -> tuple[Config, torch.nn.Module, str]:
             f"{config.backbone}'s {chosen} weights could not be loaded here (no internet?); using {fallback} with "
             "its packaged offline ImageNet weights instead"
         )
-        print(f"allkit: {note}", file=sys.stderr)
+        if note not in _SAID:  # once per process: a chapter opening twenty stored runs says it once
+            _SAID.add(note)
+            print(f"allkit: {note}", file=sys.stderr)
         model = build(fallback, "offline")
         return replace(config, backbone=fallback, weights="offline", fallback_backbone=None), model, note
 

@@ -302,6 +302,22 @@ print(f"At that speed, one epoch over the full C-NMC training set "
 # at a few to a few dozen images per second; a Colab GPU at hundreds, which is why the paper's profile is
 # meant for Colab. The fine-tuned network is saved in the run folder; the next chapter takes it apart:
 # everything but its last layer becomes a feature extractor for XGBoost.
+#
+# ## Summary
+#
+# - The paper's fine-tune starts from ImageNet weights, swaps the 1000-class head for a new, randomly
+#   initialised `Linear(1280, 2)`, and trains every layer for 5 epochs with Adamax at 10⁻³, batches of 40
+#   and the cross-entropy loss.
+# - The loop is a few lines: augment, forward pass, loss, `backward()`, `step()`. The library's `Trainer`
+#   is the same loop (the chapter checks that both end with the same weights) plus a validation pass,
+#   checkpoints and mixed precision.
+# - The training, validation and test parts share no person, so the validation curve estimates how the
+#   model does on new people, not on people it has seen.
+# - FIG 6 is read through the gap between the training and the validation curves, and the validation
+#   accuracy beside the score of always answering the larger class; with few validation people, one
+#   person moves it a lot. The training speed printed belongs to this machine.
+#
+# Next, {doc}`05_hybrid` takes the fine-tuned network apart and lets XGBoost decide on its features.
 
 # %% [markdown]
 # ## Exercises

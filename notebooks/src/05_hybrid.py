@@ -344,6 +344,23 @@ plots.plot_patient_level(patients,
 # measure it; how well it would diagnose new patients elsewhere needs data from other hospitals.
 # :::
 #
+# ## Summary
+#
+# - The hybrid keeps the fine-tuned CNN up to its head as a frozen feature extractor (the 1280 pooled
+#   numbers the head receives, taken with a forward hook) and fits XGBoost on them, with the paper's
+#   learning rate eta = 0.35.
+# - FIG 8 shows error and AUC per boosting round; the validation curves are the honest ones, because the
+#   training cells also trained the CNN. The number of rounds is fixed, not chosen on validation.
+# - Table 2 gives precision, recall and F1 per class. Recall (sensitivity for ALL, specificity for HEM)
+#   belongs to the model; precision also depends on the test set's class mix, so compare recalls first.
+# - The CNN alone and the hybrid are compared with intervals from a bootstrap over test people, beside
+#   balanced accuracy and the majority-class baseline: a gain narrower than the intervals cannot be told
+#   apart from luck on this test set.
+# - Averaging a person's P(ALL) over their cells gives one diagnosis per person; each test person then
+#   moves the patient-level accuracy by a whole step.
+#
+# Next, {doc}`06_gradcam` asks where in the image the fine-tuned CNN finds its evidence.
+#
 # ## Exercises
 #
 # ```{exercise}

@@ -232,6 +232,22 @@ if len(wrong):
 #   from the patients in their cells' colour, a shortcut ("darker means healthy") that would not hold
 #   for new people. A network that used it would still put its heat on the cell, where the colour is,
 #   and the map would look just as reassuring.
+#
+# ## Summary
+#
+# - Grad-CAM weights each map of the last convolutional layer by the gradient of a chosen class's score,
+#   keeps the positive part of the weighted sum, and stretches it over the image.
+# - `pytorch-grad-cam` computes the maps in three lines, and allkit's `gradcam` wraps it for the true,
+#   the predicted or any class per cell. The book hooks the end of the convolutional part; the paper
+#   names only a "7th feature layer".
+# - Instead of judging the maps by eye, the chapter measures the share of each map's heat that lies on
+#   the cell, beside the share of the image the cell covers; misclassified cells get the map of the class
+#   the CNN chose.
+# - A map shows where, on a coarse grid, the evidence for one class lies in one image: not what was seen
+#   there (colour, texture, shape and size look alike on it), nor whether the reason is sound, and it
+#   changes with the layer hooked.
+#
+# Next, {doc}`07_backbones` swaps EfficientNet-B0 for other CNNs, as the paper's Table 1 does.
 
 # %% [markdown]
 # ## Exercises

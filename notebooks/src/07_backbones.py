@@ -163,6 +163,21 @@ print(f"This profile trains each backbone for {ctx.config.epochs} epoch(s) on "
 # the paper's own split; the figures in the other columns are measured in this book's profile, on its
 # test people, and can be set next to the paper's only with that difference in mind. Exercise
 # {ref}`ex-07-size` sets the paper's ranking against the sizes of the networks.
+#
+# ## Summary
+#
+# - The candidates (VGG16, ResNet, Inception-v3, EfficientNet-B0 and the book's EfficientNet-Lite0) are
+#   first compared by what the architectures alone give: parameters, input size and the length of the
+#   feature vector XGBoost receives.
+# - `compare_backbones` runs the whole method with each backbone on the same split, recipe and test
+#   cells; where a backbone's ImageNet weights cannot be downloaded, its row stays empty rather than
+#   being trained from random weights.
+# - Each result is read beside the paper's Table 1, the hybrid's subject-bootstrap interval and the
+#   majority-class baseline, remembering that the paper trained on the full data with its own split.
+# - One run per backbone, with one seed and a profile that may train less than the paper, cannot rank
+#   backbones: that needs the `paper` profile, several seeds and a test set with many people.
+#
+# Next, {doc}`08_literature` sets this book's run next to the earlier studies of the paper's Table 3.
 
 # %% [markdown]
 # ## Exercises

@@ -226,6 +226,22 @@ print(f"Always answering the larger class of this run's test set: accuracy "
 # against the paper's reported accuracy. Everything in this book that differs from the paper is printed
 # next to the number it affects, so that the comparison can be made knowingly.
 #
+# ## Summary
+#
+# - A row of a comparison table should say what was measured, on which cells and people, and how
+#   precisely; this book's row carries subject-bootstrap intervals, the rows quoted from the paper none.
+# - Three questions decide whether accuracies from different studies compare: which test set (C-NMC's
+#   final or preliminary test set, or a split of the training folds), whether people were shared between
+#   training and test, and what a trivial model scores there.
+# - A random split by cell puts the same people on both sides (the chapter counts them): the model can
+#   recognise the person instead of the disease, and that leakage inflates accuracy.
+# - An accuracy means something only against the majority-class baseline of its own test set; balanced
+#   accuracy, weighted F1 and per-class recalls are harder to flatter. A fair comparison needs the same
+#   test cells, splits by person and an interval around every number.
+#
+# Next, {doc}`09_authors_code` reads the authors' published code next to the paper and measures each
+# difference.
+#
 # ## Exercises
 #
 # ```{exercise}

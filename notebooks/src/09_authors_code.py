@@ -304,6 +304,22 @@ for model in ("CNN", "hybrid"):
 # figure explain a dog breed, and (b) and (e) change the model that was evaluated. Compare the size of each
 # row's change with the width of the intervals and with the leaky split's inflation: *who* is in the test
 # set, and whether they were also in training, matters at least as much as any single modelling choice.
+#
+# ## Summary
+#
+# - Five choices in the authors' code differ from the paper's method: augmented test cells (a), XGBoost
+#   on 1000 ImageNet logits (b), an unseeded by-image split (c), Grad-CAM for ImageNet class 181 (d) and
+#   no ImageNet normalisation (e).
+# - Each is measured by a controlled experiment: one change at a time, with the same cells, subject-wise
+#   split and seed; choices that change training get their own fine-tune, the others reuse the correct
+#   model.
+# - A row's change is read against the subject-bootstrap intervals; (c) is shown as the spread of one
+#   model's score over many by-image draws, and the maps of (d) explain a dog breed, not the diagnosis.
+# - Leakage is measured with two fine-tunes whose test parts both lie inside the training data, one split
+#   by image and one by subject: the difference is what having seen the person adds to the score.
+#
+# Next, {doc}`10_patients_calibration` turns cell probabilities into one diagnosis per person, and looks
+# at class imbalance and calibration.
 
 # %% [markdown]
 # ## Exercises

@@ -375,16 +375,23 @@ for split in ("val", "test"):
 # calibration needs many healthy donors in the calibration set (and ideally a check on data from another
 # site), and should be re-checked whenever the staining or the scanner changes.
 #
-# ## What to take away
+# ## Summary
 #
-# - Report **patient-level** results next to cell-level ones, and count the people: a test set of a few
-#   dozen people gives a few dozen decisions, whatever the number of cells, and its exact interval is
-#   wide.
+# - Report **patient-level** results next to cell-level ones, and count the people: a test set gives one
+#   decision per person, whatever its number of cells, and the exact (Clopper-Pearson) interval says how
+#   far so few decisions can be trusted.
 # - Imbalance remedies (loss weights, `scale_pos_weight`, a validation threshold) trade sensitivity for
-#   specificity; judge them on balanced accuracy or on both numbers, never on accuracy alone.
+#   specificity; judge them on balanced accuracy or on both numbers, never on accuracy alone. Moving the
+#   threshold leaves the ROC AUC unchanged.
+# - Calibration asks whether p(ALL) matches observed frequencies: Platt scaling or isotonic regression is
+#   fitted on validation cells and checked on test cells with a reliability diagram, the ECE and the
+#   Brier score.
 # - Fit thresholds and calibration maps on validation people only, freeze them, then test. When the
 #   validation part holds very few healthy donors, expect them to transfer poorly: the shift is between
 #   *people*.
+#
+# Next, {doc}`11_improved_recipe` changes the fine-tuning recipe, choosing every change on validation
+# people only.
 
 # %% [markdown]
 # ## Exercises

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 11. An improved recipe, chosen on validation only
+# # 11. A modern recipe, chosen on validation only: does it beat the paper's?
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/allkit/allkit/blob/v0.1.0/notebooks/11_improved_recipe.ipynb)
 #
@@ -243,6 +243,21 @@ print(f"The validation thresholds are fitted on {val.subject.nunique()} people, 
 # the recipe the verdict comes from: a threshold fitted on the validation part's few healthy donors (the
 # line under the ablation counts them) can sit where those donors' cells fall and nowhere near where new
 # people's cells fall (chapter 10, section 2).
+#
+# ## Summary
+#
+# - A fair comparison of recipes: every change is judged on the validation people only, the recipe is
+#   fixed before the test people are scored, and both recipes share the split and the training seeds.
+# - The improved recipe: normalised input, a cosine schedule with warm-up, any rotation and flips with
+#   probability 0.5, label smoothing 0.1, the epoch with the lowest validation loss, eight exact
+#   test-time views and a threshold chosen on validation.
+# - The verdict is the mean gain in test accuracy over the seeds, read against each fine-tune's
+#   subject-bootstrap interval; the ablation separates a better ranking (ROC AUC) from a better cut.
+# - Seeds measure how much a fine-tune varies on this split only: a gain smaller than the intervals is a
+#   hint to test on the full data (`allkit reproduce --profile paper --recipe improved`), not a finding.
+#
+# Next, {doc}`12_across_people` asks whether the method works for people it has never seen, choosing by
+# cross-validation over people.
 
 # %% [markdown]
 # ## Exercises

@@ -262,6 +262,22 @@ for _, r in acc.iterrows():
 # `runs/deploy/deploy.json`; `allkit export --onnx --model RUN/model --out model.onnx --int8`, with `RUN`
 # the run's folder in the run store (`runs/<profile>/<recipe>-<key>/`), writes the files a deployment
 # needs.
+#
+# ## Summary
+#
+# - The fine-tuned CNN is exported to ONNX with its normalisation inside the file, runs in ONNX Runtime
+#   without PyTorch, and is checked against PyTorch on the test cells; the XGBoost stage stays in its own
+#   format.
+# - An 8-bit copy is made statically (activation ranges calibrated on training cells) or dynamically
+#   (weights only); a copy is judged by its agreement with PyTorch and its accuracy on real cells, not by
+#   its file size.
+# - Latency is timed per cell after a warm-up, as median and 90th percentile, with one thread (a weak
+#   machine) and with all cores, and throughput in batches of 32; the numbers belong to this machine.
+# - Backbones other than the run's are timed with random weights: their size and speed are real, their
+#   accuracy is not measured.
+#
+# That closes the path from the cells of {doc}`01_data` to a file a hospital computer can run; the
+# exercises below take the measurements further.
 
 # %% [markdown]
 # ## Exercises
