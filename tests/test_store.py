@@ -464,13 +464,13 @@ def test_allkit_experiments_chapter_12_trains_what_chapter_12_loads(monkeypatch,
     expected = [sample, sample.with_recipe("robust")]
     expected += [cv_config(sample, name, fold) for name in ("paper", *ACROSS) for fold in range(3)]
     assert sorted(trained, key=repr) == sorted(expected, key=repr) == sorted(across_configs(sample), key=repr)
-    assert f"[17/17] {trained[-1].recipe}" in capsys.readouterr().out
+    assert f"[14/14] {trained[-1].recipe}" in capsys.readouterr().out
     src = Path(__file__).resolve().parents[1] / "notebooks" / "src" / "12_across_people.py"
     assert set(_runs_in_source(src, sample)) <= set(expected)
 
     trained.clear()
     assert main(["experiments", "--chapter", "all", "--profile", "sample", "--quiet"]) == 0
-    assert len(trained) == len(set(trained)) == 9 + 17 - 1  # both use the paper's fine-tune at seed 42
+    assert len(trained) == len(set(trained)) == 9 + 14 - 1  # both use the paper's fine-tune at seed 42
     assert replace(sample, test="internal") in trained and cv_config(sample, "across-stain", 2) in trained
 
     trained.clear()

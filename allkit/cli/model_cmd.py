@@ -30,7 +30,7 @@ EXPERIMENTS_EXAMPLES = """\
 examples:
   allkit experiments --profile ci --data ../shared/data
   allkit experiments --profile sample --data ../shared/data       # what notebooks 09-11 show (hours on a CPU)
-  allkit experiments --chapter 12 --profile sample --data ../shared/data   # notebook 12's 17 fine-tunes
+  allkit experiments --chapter 12 --profile sample --data ../shared/data   # notebook 12's 14 fine-tunes
 """
 CHAPTERS = ("9-11", "12", "all")
 GRADCAM_EXAMPLES = """\

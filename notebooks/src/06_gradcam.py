@@ -74,7 +74,7 @@ print(f"Hooked layer: {layer_name!r} ({type(layer).__name__}), the end of the "
 # book hooks `features[8]`, the last one (a 1×1 convolution to the 1280 maps that the pooling then
 # averages into the features XGBoost sees), the usual choice for Grad-CAM; for EfficientNet-Lite0, its
 # counterpart `_head_act`. At 224 px all of these layers are 7×7 grids, so the choice changes which
-# features are weighed more than how sharp the map is. Exercise {ref}`ex-06-layer` hooks another layer.
+# features are weighed more than how sharp the map is. {ref}`ex-06-layer` hooks another layer.
 #
 # ## The code
 #

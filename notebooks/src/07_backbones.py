@@ -161,7 +161,7 @@ print(f"This profile trains each backbone for {ctx.config.epochs} epoch(s) on "
 #
 # The paper's Table 1, in the column `paper (Table 1)` of the table above, was measured on the full data set with
 # the paper's own split; the figures in the other columns are measured in this book's profile, on its
-# test people, and can be set next to the paper's only with that difference in mind. Exercise
+# test people, and can be set next to the paper's only with that difference in mind.
 # {ref}`ex-07-size` sets the paper's ranking against the sizes of the networks.
 #
 # ## Summary

@@ -93,7 +93,7 @@ cache = run.data.datasets["train"].cache  # every part's cells
 everyone = pd.concat(parts.values(), ignore_index=True)
 pixels = cache.images[cache.rows(everyone)]
 inside = pixels.max(axis=-1) > 10  # the cell, not the black background
-cells = everyone[["subject", "label", "fold"]].assign(
+cells = everyone[["path", "subject", "label", "fold"]].assign(
     area=inside.mean(axis=(1, 2)) * 100,
     brightness=[image[mask].mean() for image, mask in zip(pixels, inside, strict=True)],
 )
@@ -160,9 +160,8 @@ for measure in ("area", "brightness"):
 # more often ALL, below 0.5 less often. Far from 0.5 in the training folds and closer to it, or on the
 # other side, in fold 2 is the signature of a shortcut that does not carry over. Each fold has few
 # healthy donors (the table counts them), so one unusual donor moves a fold's figure. The changes compared
-# below take colour (colour and stain jitter, grayscale) or orientation (flips and rotation) away from
-# what the network can use; none rescales the cells, so the size shortcut stays open to it (exercise
-# {ref}`ex-12-size`).
+# below take colour away from what the network can use (colour and stain jitter, grayscale); none
+# rescales the cells, so the size shortcut stays open to it (see {ref}`ex-12-size`).
 #
 # ## The paper's recipe on people it has never seen
 #
@@ -246,13 +245,15 @@ for metric, name in (("balanced_accuracy", "balanced accuracy"), ("roc_auc", "AU
 # - **colour**: brightness, contrast and saturation changed at random by up to ±30% per cell;
 # - **stain**: haematoxylin, eosin and DAB densities perturbed per cell (HED jitter, colour deconvolution
 #   with scikit-image's matrices {cite:p}`ruifrok2001stain`); a different slide or staining batch;
-# - **grayscale**: half of the training cells shown without colour, so shape and texture must carry them;
-# - **geometry**: flips with probability 0.5 and rotation by any angle (a cell has no "up").
+# - **grayscale**: half of the training cells shown without colour, so shape and texture must carry them.
+#
+# (Flips and rotation by any angle, the other common change, take no colour away; they are part of chapter
+# 11's recipe.)
 #
 # Each fine-tune is a run of the run store (`runs/<profile>/<recipe>-<key>/`), loaded when it is already
 # there, and trained now otherwise, without a progress bar. To train all of this chapter's fine-tunes
 # beforehand, with progress bars, run `allkit experiments --chapter 12` (the `sample` profile: about an
-# hour and a half on a 2-core CPU).
+# hour on a 2-core CPU).
 
 # %%
 k = ctx.config.cv_folds
@@ -527,9 +528,8 @@ for name, threshold in (("0.5", 0.5), (f"{cut:.5g} (from validation)", cut)):
 # ```
 
 # %%
-test_cells = cells[cells.fold == "fold_2"].assign(
-    p_all=paper.hybrid_proba("test")[:, 1]
-)  # fold 2's cells in the order of the test part
+scored = paper.frame("test").assign(p_all=paper.hybrid_proba("test")[:, 1])
+test_cells = cells.merge(scored[["path", "p_all"]], on="path")  # fold 2's cells
 for label, group in test_cells.groupby("class"):
     rho = group.p_all.corr(group.area, method="spearman")
     print(f"{label}: Spearman's rho of P(ALL) and area {rho:+.3f} ({len(group)} cells)")
