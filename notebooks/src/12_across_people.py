@@ -535,8 +535,10 @@ for label, group in test_cells.groupby("class"):
     print(f"{label}: Spearman's rho of P(ALL) and area {rho:+.3f} ({len(group)} cells)")
 
 # %% [markdown]
-# A clearly positive correlation within both classes says that larger cells are called ALL more often
-# whatever they are: the network uses size. An augmentation against it rescales each training cell at
+# A clearly positive correlation within a class says that, among cells of that one class, the larger ones
+# are called ALL more often: there the network uses size, whatever the cell is. Set the two printed
+# correlations beside the shortcut table above, which says how cell size differs between the classes in
+# the training folds. An augmentation against it rescales each training cell at
 # random (torchvision's `RandomAffine(scale=...)` or `RandomResizedCrop`), so that size no longer tells the
 # donors from the patients; it would be one more change for the cross-validation above.
 #
