@@ -20,7 +20,6 @@ from allkit.data import (
     build_cache,
     check_leakage,
     decode_cell,
-    grouped_kfold,
     linked_subjects,
     load_cnmc,
     make_loader,
@@ -566,6 +565,8 @@ def people_frame(healthy: int, patients: int, cells: int = 3) -> pd.DataFrame:
 
 
 def test_cross_validation_over_people_validates_everyone_once_and_keeps_linked_people_together():
+    from allkit.data.splits import grouped_kfold
+
     frame = people_frame(healthy=7, patients=14)
     digests = {path: path for path in frame["path"]}
     digests["H0_0.bmp"] = digests["H5_1.bmp"]  # one picture filed under two donors, as the release does
@@ -579,9 +580,9 @@ def test_cross_validation_over_people_validates_everyone_once_and_keeps_linked_p
         seen += sorted(val)
     assert sorted(seen) == sorted(set(frame["subject"]))  # each person validates exactly once
     assert grouped_kfold(frame, 1, 3, seed=1).val.equals(grouped_kfold(frame, 1, 3, seed=1).val)  # seeded
-    with pytest.raises(DataError, match="fold 3 does not exist"):
+    with pytest.raises(DataError, match="fold 3 of 3 over people needs"):
         grouped_kfold(frame, 3, 3)
-    with pytest.raises(DataError, match="at least 8 people of each class"):
+    with pytest.raises(DataError, match="and 8 people a class"):
         grouped_kfold(frame, 0, 8)
 
 

@@ -176,26 +176,16 @@ def split_by_subject(
     return Split(**parts, protocol="subject", seed=seed)
 
 
-def grouped_kfold(
-    frame: pd.DataFrame, fold: int, folds: int, *, seed: int = SEED, digests: dict[str, str] | None = None
-) -> Split:
-    """Training and validation for fold ``fold`` (0-based) of ``folds``: the people are dealt into ``folds``
-    groups with each class's people spread evenly (scikit-learn's ``StratifiedGroupKFold`` over people), people
-    who share a picture (``digests``) in one group; validation is group ``fold``, training the others."""
-    if not 0 <= fold < folds:
-        raise DataError(f"cross-validation fold {fold} does not exist; expected 0 to {folds - 1}")
+def grouped_kfold(frame: pd.DataFrame, fold: int, k: int, *, seed: int = SEED, digests: dict | None = None) -> Split:
+    """Validation is group ``fold`` (0-based) of ``k`` groups of people: scikit-learn's ``StratifiedGroupKFold``
+    over people (each class spread evenly; people who share a picture, by ``digests``, in one group)."""
     labels = _subjects(frame)
-    smallest = int(labels.value_counts().min())
-    if smallest < folds:
-        raise DataError(
-            f"{folds}-fold cross-validation over people needs at least {folds} people of each class; "
-            f"this data has {smallest} of one class"
-        )
+    if not 0 <= fold < k <= labels.value_counts().min():
+        raise DataError(f"cross-validation fold {fold} of {k} over people needs 0 <= fold < {k} and {k} people a class")
     groups = linked_subjects(frame, digests) if digests is not None else {s: s for s in labels.index}
-    dealer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    people = labels.index.to_numpy()
-    rounds = list(dealer.split(people, labels.to_numpy(), [groups[s] for s in people]))
-    train, val = (set(people[i]) for i in rounds[fold])
+    people, dealer = labels.index.to_numpy(), StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    rounds = dealer.split(people, labels.to_numpy(), [groups[s] for s in people])
+    train, val = (set(people[i]) for i in list(rounds)[fold])
     parts = {"train": _take(frame, train), "val": _take(frame, val), "test": frame.iloc[:0]}
     check_leakage(parts, digests)
     return Split(**parts, protocol="subject", seed=seed)
@@ -228,8 +218,7 @@ def split_folds(
     and validation with at least ``min_val_subjects`` people of each class in validation where a class has
     enough. The preliminary test set is not used. With ``digests``, test cells whose pixels are also training or
     validation cells (filed under another person by the release) are dropped from the test part and counted.
-    ``cv=(i, k)``: validation is instead the ``i``-th of ``k`` grouped folds of those people
-    (:func:`grouped_kfold`), for model selection by cross-validation over donors."""
+    ``cv=(i, k)``: validation is instead group ``i`` of :func:`grouped_kfold`'s ``k``, for cross-validation."""
     folds = frame["fold"].astype(str)
     training = folds.str.startswith("fold_")
     test, rest = frame[training & folds.isin(test_folds)], frame[training & ~folds.isin(test_folds)]

@@ -236,7 +236,7 @@ for metric, name in (("balanced_accuracy", "balanced accuracy"), ("roc_auc", "AU
 #
 # One validation split of folds 0-1 holds only a few healthy donors, and a choice made on a few people
 # follows them. Here the people of folds 0-1 are dealt into k groups instead
-# ({func}`allkit.data.grouped_kfold`, scikit-learn's `StratifiedGroupKFold` over people), and every setting
+# (`allkit.data.splits.grouped_kfold`, scikit-learn's `StratifiedGroupKFold` over people), and every setting
 # is fine-tuned k times, once with each group held out. Every one of these fine-tunes sees at most
 # `CV_CELLS_PER_PERSON` cells of each person (printed below): people, not cells, are what the comparison is
 # about, and that keeps (1 + the number of changes) × k fine-tunes within a CPU's afternoon. The changes,
