@@ -593,6 +593,15 @@ def test_folds_protocol_with_cross_validation_keeps_fold_2_as_the_test(synthetic
         split = split_folds(frame, seed=0, cv=(fold, 2))
         assert split.test.equals(plain.test) and split.protocol.startswith("folds, cross-validation")
         assert set(split.val["fold"]) | set(split.train["fold"]) <= {"fold_0", "fold_1"}
+    # without fold 2 the folds protocol falls back to a subject split: cross-validation is refused, not ignored
+    from dataclasses import replace
+
+    from allkit.errors import ConfigError
+    from allkit.study.config import get_config
+    from allkit.study.prepare import make_split
+
+    with pytest.raises(ConfigError, match="cross-validation over people"):
+        make_split(frame[frame["fold"] != "fold_2"], replace(get_config("ci"), cv_fold=0), None, None)
 
 
 def test_data_check_reports_copies_under_two_people_and_stays_usable(synthetic_root, tmp_path, capsys):

@@ -5,6 +5,7 @@ runs."""
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from allkit.study.config import PRESETS, RECIPES
@@ -155,6 +156,13 @@ def register(commands, formatter) -> None:
     cam.set_defaults(handler=run_gradcam)
 
 
+def _with_ci(result: dict, key: str) -> str:
+    """``0.812 [0.751, 0.860]``: a score with its bootstrap interval, where the result has one."""
+    ci = result["ci"].get(key) or {}
+    interval = f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci.get("low") is not None else ""
+    return f"{result[key]:.3f}{interval}"
+
+
 def _print_metrics(title: str, metrics: dict) -> None:
     import pandas as pd
 
@@ -164,15 +172,10 @@ def _print_metrics(title: str, metrics: dict) -> None:
         f"bootstrap over subjects), weighted F1 {metrics['weighted_f1']:.3f}, n = {metrics['n']}"
     )
 
-    def with_ci(key):
-        ci = metrics["ci"].get(key) or {}
-        interval = f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci.get("low") is not None else ""
-        return f"{metrics[key]:.3f}{interval}"
-
     # beside accuracy, what the larger class alone would score and the scores it cannot carry
     print(
-        f"  balanced accuracy {with_ci('balanced_accuracy')}"
-        + (f", ROC AUC {with_ci('roc_auc')}" if metrics.get("roc_auc") is not None else "")
+        f"  balanced accuracy {_with_ci(metrics, 'balanced_accuracy')}"
+        + (f", ROC AUC {_with_ci(metrics, 'roc_auc')}" if metrics.get("roc_auc") is not None else "")
         + f"; always answering the larger class: accuracy {metrics['majority_baseline']:.3f}, balanced 0.500;"
         f" {metrics['n_subjects']} people"
     )
@@ -273,11 +276,7 @@ def run_evaluate(args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    ci = result["ci"]
-
-    def with_ci(name):
-        return f"{result[name]:.3f} [{ci[name]['low']:.3f}, {ci[name]['high']:.3f}]"
-
+    with_ci = partial(_with_ci, result)
     print(
         f"{result['n']} cells of {result['n_subjects']} people from {result['data']}:\n"
         f"  accuracy {with_ci('accuracy')} (always answering the larger class: {result['majority_baseline']:.3f})\n"

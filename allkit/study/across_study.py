@@ -45,13 +45,10 @@ def scores(frame: pd.DataFrame, proba: np.ndarray, *, threshold: float = 0.5, n_
     return row
 
 
-def variant_rows(
-    run: Run, name: str, *, model: str = "hybrid", kind: str = "plain", n_boot: int = 1000, parts=tuple(PARTS)
-) -> list:
-    """One row per part of ``parts`` (validation donors, test people) for ``run``'s hybrid or CNN alone."""
+def variant_rows(run: Run, name: str, *, model: str = "hybrid", kind: str = "plain", n_boot: int = 1000) -> list:
+    """One row per part (validation donors, test people) for ``run``'s hybrid or CNN alone."""
     rows = []
-    for part in parts:
-        label = PARTS[part]
+    for part, label in PARTS.items():
         proba = run.hybrid_proba(part, kind) if model == "hybrid" else run.cnn_proba(part, kind)
         rows.append({"setting": name, "model": model, "part": label, **scores(run.frame(part), proba, n_boot=n_boot)})
     return rows

@@ -18,6 +18,7 @@ a changed setting is a new run, a finished one is never trained again, wherever 
 that only change predictions (test-time views, threshold, XGBoost) are applied to the stored outputs.
 """
 
+import functools
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -351,11 +352,13 @@ def run(
     internal = asked.test == "internal" or asked.split == "image"  # the by-image split measures leakage inside
     test_root = None if internal else test_data_root(test_data)
     store = Path(runs or runs_dir())
-    cells = []  # their fingerprint, read once and only after the backbone is chosen (a fallback is said first)
+
+    @functools.cache  # read once, and only after the backbone is chosen (a fallback is said first)
+    def cells_fingerprint() -> str:
+        return data_fingerprint(load_cnmc(root), test_root)
 
     def stored_as(config: Config) -> Path:
-        cells[:] = cells or [data_fingerprint(load_cnmc(root), test_root)]
-        key = config.key(cells[0])
+        key = config.key(cells_fingerprint())
         done = sorted((store / config.name).glob(f"*-{key}"))  # the same fine-tune under another recipe's name
         return next((f for f in done if (f / CONFIG_FILE).is_file()), store / config.name / f"{config.recipe}-{key}")
 
