@@ -2,6 +2,9 @@
 and the real C-NMC cells when ALLKIT_DATA points at them."""
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 # Spinning OpenMP threads starve each other on a busy 2-core machine (a 0.1 s forward took 1-3 s).
@@ -17,6 +20,9 @@ from allkit.study.synthetic import make_synthetic_cnmc  # noqa: E402
 matplotlib.use("Agg")
 
 REAL_DATA = os.environ.get("ALLKIT_DATA")
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # An external test set set in the environment must not become the test part of the tests' own data.
 os.environ.pop("ALLKIT_TEST_DATA", None)
 
@@ -102,3 +108,42 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "real_root" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.real)
+
+
+@pytest.fixture(scope="session")
+def built_book():
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    result = subprocess.run(
+        [str(jupyter_book), "build", str(ROOT), "-W", "-n", "--keep-going"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, f"jupyter-book failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert "warning" not in result.stderr.lower(), result.stderr[-4000:]
+    return HTML
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
+        yield browser
+        browser.close()

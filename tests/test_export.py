@@ -280,6 +280,26 @@ def test_static_int8_is_close_to_fp32_and_smaller(data, lite, lite_onnx, tmp_pat
     confident = np.abs(want[:, 1] - 0.5) >= INT8_MARGIN
     assert (got.argmax(1)[confident] == want.argmax(1)[confident]).all()
     assert diff.max() > 0  # it really is another (quantised) model
+    graph = onnx.load(str(int8))
+    softmax = [n for n in graph.graph.node if n.op_type == "Softmax"]
+    assert softmax and all(n.output[0] == "probabilities" for n in softmax)  # no uint8 step after it
+    assert not np.allclose(got * 255, np.round(got * 255), atol=1e-4)  # not in steps of 1/255
+    assert {o.domain for o in graph.opset_import} <= {n.domain for n in graph.graph.node} | {""}
+
+
+def test_weight_only_int8_is_fp32_arithmetic_on_rounded_weights(data, lite, lite_onnx, tmp_path):
+    small = quantize_onnx(lite_onnx, tmp_path / "weights.onnx", mode="weights")
+    assert read_manifest(small)["quantization"]["activations"].startswith("float32")
+    assert small.stat().st_size < 0.4 * lite_onnx.stat().st_size
+    graph = onnx.load(str(small)).graph
+    assert {n.op_type for n in graph.node} & {"QuantizeLinear", "ConvInteger", "QLinearConv"} == set()
+    stored = {t.name: t.data_type for t in graph.initializer}
+    weights = [n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert weights and all(stored[dequantized[w]] == onnx.TensorProto.INT8 for w in weights)
+    want = OnnxPredictor(lite_onnx, threads=1).predict_proba(data["test"])
+    got = OnnxPredictor(small, threads=1).predict_proba(data["test"])
+    assert 0 < np.abs(got - want).max() <= INT8_MAX_TOL
 
 
 def test_dynamic_int8_runs(data, lite, lite_onnx, tmp_path):

@@ -34,10 +34,11 @@ def register(commands, formatter) -> None:
     exp.add_argument("--int8", action="store_true", help="also write an int8 model next to OUT (<stem>.int8.onnx)")
     exp.add_argument(
         "--int8-mode",
-        choices=("static", "dynamic"),
+        choices=("static", "dynamic", "weights"),
         default="static",
         help="static: QDQ, activations calibrated on training cells (fast on CPUs); dynamic: "
-        "weights only (measured slower than fp32 for these CNNs)",
+        "activations quantised at run time (measured slower than fp32 for these CNNs); weights: int8 weights, "
+        "fp32 arithmetic (the same numbers in every ONNX Runtime build)",
     )
     exp.add_argument(
         "--calibration",
@@ -85,7 +86,7 @@ def run_export(args) -> int:
     if not args.onnx:
         raise AllkitError("choose an export format: --onnx (the only one so far)")
     if args.calibration and (not args.int8 or args.int8_mode != "static"):
-        raise AllkitError("--calibration is only used with --int8 (static mode): dynamic int8 needs no calibration")
+        raise AllkitError("--calibration is only used with --int8 (static mode): the other modes need no calibration")
     if args.calibration_cells < 1:
         raise AllkitError(f"--calibration-cells {args.calibration_cells}; expected at least 1 cell to calibrate on")
     refuse_overlap(args.out, {"the model folder": args.model})  # before the cells are read (export checks it too)

@@ -15,7 +15,7 @@ The hybrid's XGBoost stage is not part of the ONNX graph: it stays in XGBoost's 
 (``xgboost.json`` of the model folder), which XGBoost loads on any machine.
 
 - :mod:`~allkit.deploy.onnx_model`: :func:`export_onnx` (graph + manifest), :func:`read_manifest`,
-  :class:`DeployableModel`, :class:`MissingDependencyError`;
+  :class:`DeployableModel`, :func:`cam_heatmap` (a class activation map drawn as Grad-CAM draws it), :class:`MissingDependencyError`;
 - :mod:`~allkit.deploy.predictor`: :class:`OnnxPredictor` (ONNX Runtime, CPU), :func:`check_against_pytorch`;
 - :mod:`~allkit.deploy.quantize`: :func:`quantize_onnx` (int8, static or dynamic);
 - :mod:`~allkit.deploy.saved`: :func:`export_saved_model` (a saved hybrid folder -> ONNX, ``allkit export``);
@@ -28,12 +28,14 @@ naming the file or value.
 """
 
 from allkit.deploy.onnx_model import (
+    CAM_NAME,
     DEFAULT_OPSET,
     INPUT_NAME,
     ONNX_INSTALL_HINT,
     OUTPUT_NAME,
     DeployableModel,
     MissingDependencyError,
+    cam_heatmap,
     check_cells,
     export_onnx,
     manifest_path,
@@ -53,6 +55,7 @@ from allkit.deploy.report import (
 from allkit.deploy.saved import ExportResult, export_saved_model
 
 __all__ = [
+    "CAM_NAME",
     "DEFAULT_OPSET",
     "DEPLOY_BACKBONES",
     "INPUT_NAME",
@@ -65,6 +68,7 @@ __all__ = [
     "MissingDependencyError",
     "OnnxPredictor",
     "calibration_batch",
+    "cam_heatmap",
     "check_against_pytorch",
     "check_cells",
     "deployment_report",

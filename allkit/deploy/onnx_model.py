@@ -3,12 +3,20 @@
 The graph takes what a deployment has: float32 NCHW RGB in ``[0, 1]`` (the cached uint8 pixels / 255, i.e.
 after the centre crop and resize of :func:`allkit.data.decode_cell`), applies the model's normalisation
 (:func:`allkit.transforms.to_model_input`: ImageNet statistics, none, or a backbone's own ``(mean, std)``),
-runs the CNN and returns the softmax ``[HEM, ALL]``, for any batch size. Every ``.onnx`` gets a JSON
+runs the CNN and returns the softmax ``[HEM, ALL]``, for any batch size; with ``cam=True`` also each class's
+activation map (``cam``, below). Every ``.onnx`` gets a JSON
 manifest next to it (``model.onnx.json``: backbone, image size, crop ratio, normalisation, class names,
 opset, sha256 of the ``.onnx``, library versions, source).
 
 onnx and onnxruntime are optional (``pip install 'allkit[onnx]'``): they are imported when first needed,
 and their absence raises :class:`MissingDependencyError` with that hint.
+
+**Class activation maps.** For a network whose head is one linear layer on globally average-pooled feature
+maps ``A`` (EfficientNet, ResNet, Inception; not VGG), class ``c``'s score is the mean over positions of
+``CAM_c = sum_k W[c, k] A_k`` plus a bias. Grad-CAM at that layer weighs ``A_k`` by the mean gradient of the
+score, which is ``W[c, k] / (h w)``: after its ReLU and min-max scaling, Grad-CAM *is* the CAM. So the map
+can be one more output of the same graph (no gradients at run time), which is what the book's in-browser
+demo shows; :func:`cam_heatmap` scales and resizes it as pytorch-grad-cam does.
 """
 
 import contextlib
@@ -38,7 +46,9 @@ __all__ = [
     "INPUT_NAME",
     "ONNX_INSTALL_HINT",
     "OUTPUT_NAME",
+    "CAM_NAME",
     "DeployableModel",
+    "cam_heatmap",
     "MissingDependencyError",
     "check_cells",
     "export_onnx",
@@ -50,6 +60,7 @@ ONNX_INSTALL_HINT = "pip install 'allkit[onnx]'"
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+CAM_NAME = "cam"
 MANIFEST_FORMAT = "allkit.onnx"
 MANIFEST_VERSION = 1
 SCOPE = (
@@ -137,15 +148,67 @@ def check_cells(dataset: CellDataset, size: int | None, crop_ratio: float | None
 class DeployableModel(nn.Module):
     """float32 NCHW in ``[0, 1]`` -> :func:`allkit.transforms.to_model_input` (the model's normalisation)
     -> CNN -> softmax ``[HEM, ALL]``: the exported graph needs nothing from allkit at run time. ``model`` is
-    used as given (put it in eval mode, where it returns its logits)."""
+    used as given (put it in eval mode, where it returns its logits). With ``cam_layer`` (the module whose
+    output is pooled into the features) and ``head`` (the final linear layer), the forward pass also returns
+    the class activation maps ``[B, classes, h, w]`` of that layer (see the module's docstring)."""
 
-    def __init__(self, model: nn.Module, normalize=True):
+    def __init__(self, model: nn.Module, normalize=True, cam_layer: nn.Module | None = None, head=None):
         super().__init__()
         self.model = model
         self.stats = mean_std(normalize)
+        self.cam_layer, self.head = cam_layer, head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(to_model_input(x, self.stats)), dim=1)
+    def forward(self, x: torch.Tensor):
+        x = to_model_input(x, self.stats)
+        if self.cam_layer is None:
+            return torch.softmax(self.model(x), dim=1)
+        seen = []
+        hook = self.cam_layer.register_forward_hook(lambda module, args, out: seen.append(out))
+        try:
+            logits = self.model(x)
+        finally:
+            hook.remove()
+        maps = torch.einsum("kc,bchw->bkhw", self.head.weight, seen[-1])
+        return torch.softmax(logits, dim=1), maps
+
+
+def cam_heatmap(cam: np.ndarray, size: int) -> np.ndarray:
+    """One class's activation map ``[h, w]`` as pytorch-grad-cam draws it: keep the positive part, scale to
+    [0, 1], resize bilinearly to ``size`` x ``size`` (OpenCV's ``INTER_LINEAR``: pixel centres aligned, edges
+    repeated), scale to [0, 1] again. The book's demo page computes the same in JavaScript."""
+    cam = np.maximum(np.asarray(cam, np.float64), 0)
+    cam = cam - cam.min()
+    cam = cam / (1e-7 + cam.max())
+    for axis, n in ((0, cam.shape[0]), (1, cam.shape[1])):
+        where = np.clip((np.arange(size) + 0.5) * (n / size) - 0.5, 0, n - 1)
+        low = np.floor(where).astype(int)
+        high = np.minimum(low + 1, n - 1)
+        frac = (where - low).reshape((-1, 1) if axis == 0 else (1, -1))
+        cam = np.take(cam, low, axis) * (1 - frac) + np.take(cam, high, axis) * frac
+    cam = cam - cam.min()
+    return (cam / (1e-7 + cam.max())).astype(np.float32)
+
+
+def cam_parts(model: nn.Module, backbone, image_size: int) -> tuple[nn.Module, nn.Linear]:
+    """The Grad-CAM layer and the linear head of ``model``, checked to form a pooled-linear pair (see the
+    module's docstring): :class:`ModelError` for a network where the CAM would not be exact."""
+    spec = get_backbone(backbone)
+    layer, linear = model.get_submodule(spec.gradcam_layer), head(model, spec.name)
+    with torch.inference_mode():
+        probe = DeployableModel(model, False, layer, linear)
+        x = torch.from_numpy(random_input(image_size, 1))
+        try:
+            _, maps = probe(x)
+            pooled = maps.mean((2, 3)) + linear.bias
+            exact = maps.shape[1] == linear.out_features and torch.allclose(pooled, model(x), rtol=1e-4, atol=1e-4)
+        except RuntimeError:
+            exact = False
+    if not exact:
+        raise ModelError(
+            f"a class activation map is exact only for a linear head on average-pooled maps; the {spec.name}'s "
+            f"head {spec.head!r} is not that on {spec.gradcam_layer!r}: export without cam"
+        )
+    return layer, linear
 
 
 def manifest_path(onnx_path) -> Path:
@@ -185,7 +248,7 @@ def write_onnx(path: Path, data: bytes, manifest: dict) -> dict:
     return manifest
 
 
-def _torch_to_onnx_bytes(wrapper: nn.Module, dummy: torch.Tensor, opset: int) -> bytes:
+def _torch_to_onnx_bytes(wrapper: nn.Module, dummy: torch.Tensor, opset: int, outputs: list) -> bytes:
     # The TorchScript exporter (dynamo=False) rather than torch 2.9+'s default torch.export-based one: it
     # needs no extra package (the dynamo exporter needs onnxscript), exports every backbone here
     # (EfficientNet-Lite0's static padding, Inception's branches) with a plain dynamic batch axis via
@@ -208,8 +271,8 @@ def _torch_to_onnx_bytes(wrapper: nn.Module, dummy: torch.Tensor, opset: int) ->
             **choice,
             opset_version=int(opset),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *outputs)},
             do_constant_folding=True,
         )
     return buffer.getvalue()
@@ -227,6 +290,7 @@ def export_onnx(
     source: str | None = None,
     verify: bool = True,
     tolerance: float = 1e-4,
+    cam: bool = False,
 ) -> Path:
     """Export the 2-class ``model`` (a ``backbone`` from :func:`allkit.models.build_model`) to ``path``.
 
@@ -237,6 +301,8 @@ def export_onnx(
     exported). With ``verify`` (and onnxruntime installed) the file is run once on random input and must
     agree with PyTorch within ``tolerance`` (max absolute difference of probabilities), else
     :class:`ModelError`. Returns the path of the ``.onnx``. The XGBoost stage of a hybrid is not exported.
+    ``cam``: a second output ``cam`` ``[batch, 2, h, w]``, each class's activation map at the backbone's
+    Grad-CAM layer (:func:`cam_heatmap` draws one; :class:`ModelError` where it would not be exact).
     """
     onnx = import_onnx()
     name = get_backbone(backbone).name
@@ -256,10 +322,11 @@ def export_onnx(
         cnn = copy.deepcopy(model).to("cpu", torch.float32).eval()
     except Exception as err:  # hooks holding un-copyable objects, meta tensors, ...
         raise ModelError(f"cannot copy the {type(model).__name__} for export: {err}") from err
-    wrapper = DeployableModel(cnn, normalize).eval()
+    wrapper = DeployableModel(cnn, normalize, *(cam_parts(cnn, name, size) if cam else ())).eval()
+    outputs = [OUTPUT_NAME, CAM_NAME] if cam else [OUTPUT_NAME]
     dummy = torch.from_numpy(random_input(size))
     try:
-        data = _torch_to_onnx_bytes(wrapper, dummy, opset)
+        data = _torch_to_onnx_bytes(wrapper, dummy, opset, outputs)
     except Exception as err:
         raise ModelError(
             f"torch.onnx.export failed for {name} at {size} px (opset {opset}): {first_line(err)}"
@@ -275,7 +342,8 @@ def export_onnx(
             got = None
         if got is not None:
             with torch.inference_mode():
-                diff = float(np.abs(got - wrapper(dummy).numpy()).max())
+                want = wrapper(dummy)
+                diff = float(np.abs(got - (want[0] if cam else want).numpy()).max())
             if not diff <= tolerance:
                 raise ModelError(
                     f"the exported {name} disagrees with PyTorch: max |Δp| = {diff:.2e} > {tolerance:.0e} on random input"
@@ -299,6 +367,14 @@ def export_onnx(
             "uint8 / 255 (normalisation is inside the graph)",
         },
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(CLASS_NAMES)], "kind": "softmax probabilities"},
+        "cam": {
+            "name": CAM_NAME,
+            "layer": get_backbone(name).gradcam_layer,
+            "shape": ["batch", len(CLASS_NAMES), "h", "w"],
+            "kind": "class activation maps (head weights x the layer's maps; Grad-CAM there after ReLU and scaling)",
+        }
+        if cam
+        else None,
         "class_names": list(CLASS_NAMES),
         "class_mapping": dict(CLASS_TO_LABEL),
         "opset": int(opset),

@@ -9,7 +9,16 @@ from tqdm.auto import tqdm
 
 from allkit.constants import CLASS_NAMES
 from allkit.data import CellDataset
-from allkit.deploy.onnx_model import INPUT_NAME, check_cells, cpu_session, first_line, import_onnxruntime, read_manifest
+from allkit.deploy.onnx_model import (
+    CAM_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    check_cells,
+    cpu_session,
+    first_line,
+    import_onnxruntime,
+    read_manifest,
+)
 from allkit.errors import ConfigError, DataError, ModelError
 from allkit.inference import predict_proba
 
@@ -60,7 +69,14 @@ class OnnxPredictor:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The graph on a float32 ``[B, 3, S, S]`` batch in ``[0, 1]``: probabilities ``(B, 2)``."""
-        return self.session.run(None, {INPUT_NAME: batch})[0]
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def class_activation_maps(self, images) -> np.ndarray:
+        """The ``cam`` output ``(N, 2, h, w)`` of a model exported with ``cam=True`` (uint8 or [0, 1] NCHW cells;
+        :func:`~allkit.deploy.onnx_model.cam_heatmap` draws one), :class:`ModelError` for a model without it."""
+        if not self.manifest.get("cam"):
+            raise ModelError(f"{self.path.name} has no class activation map output; export it with cam=True")
+        return self.session.run([CAM_NAME], {INPUT_NAME: self._as_input(images)})[0]
 
     def _as_input(self, images) -> np.ndarray:
         array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)

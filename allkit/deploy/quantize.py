@@ -6,6 +6,10 @@
   quantised convolutions as ``ConvInteger``, which has no fast CPU kernel: on this project's four CNNs it
   was measured 3-9x *slower* than fp32 (benchmarks/deploy.py), and its fidelity varies (p(ALL) moved by up
   to 0.2-0.5 depending on model and cells). It is offered to show that, not to deploy.
+* ``"weights"``: the convolutions' and the head's weights stored as int8 (symmetric, per output channel)
+  behind a ``DequantizeLinear``, the arithmetic fp32. The file is as small as the static one, and every ONNX
+  Runtime build computes the same numbers: integer kernels round differently from one build to another (the
+  book's in-browser demo measured one step of the last layer's uint8 output moving its heatmap by 1%).
 """
 
 import contextlib
@@ -35,7 +39,7 @@ from allkit.errors import ConfigError, DataError, ModelError
 
 __all__ = ["INT8_MODES", "calibration_batch", "quantize_onnx"]
 
-INT8_MODES = ("static", "dynamic")
+INT8_MODES = ("static", "dynamic", "weights")
 
 
 def check_int8_mode(mode: str) -> str:
@@ -98,9 +102,71 @@ def _quiet_quantizer():
         root.setLevel(level)
 
 
+def _without_unused_opsets(path: Path) -> bytes:
+    """The graph at ``path`` importing only the operator domains its nodes use: ONNX Runtime's pre-processing
+    declares all of its own (``com.microsoft.nchwc``, ``ai.onnx.ml`` 5, ...), and an older runtime such as
+    the book's onnxruntime-web refuses a model that names a domain version it does not know."""
+    onnx = import_onnx()
+    model = onnx.load(str(path))
+    used = {node.domain for node in model.graph.node} | {""}
+    kept = [onnx.helper.make_opsetid(o.domain, o.version) for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return model.SerializeToString()
+
+
+def _weights_only(src: Path, dst: Path, per_channel: bool) -> None:
+    """``src`` with every Conv and Gemm weight stored as int8 behind a ``DequantizeLinear`` (``"weights"`` mode)."""
+    onnx = import_onnx()
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    dequantize, done = [], set()
+    for node in graph.node:
+        name = node.input[1] if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 else None
+        if name not in initializers or name in done:
+            continue
+        done.add(name)
+        weight = numpy_helper.to_array(initializers[name]).astype(np.float32)
+        transposed = node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute)
+        axis = 1 if transposed else 0  # the output channels
+        reduce = tuple(i for i in range(weight.ndim) if i != axis) if per_channel else None
+        scale = np.abs(weight).max(axis=reduce) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        shape = [-1 if i == axis else 1 for i in range(weight.ndim)] if per_channel else []
+        quantised = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+        graph.initializer.remove(initializers[name])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(quantised, f"{name}_int8"),
+                numpy_helper.from_array(scale, f"{name}_scale"),
+                numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero"),
+            ]
+        )
+        extra = {"axis": axis} if per_channel else {}
+        dequantize.append(
+            onnx.helper.make_node(
+                "DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero"], [name], **extra
+            )
+        )
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(dequantize + nodes)  # before every node that reads them
+    onnx.save(model, str(dst))
+
+
 def _quantize(pre: Path, out: Path, mode: str, manifest: dict, calibration, n: int, seed: int, per_channel: bool):
     """Write the int8 graph of ``pre`` to ``out``; returns the quantisation record of the manifest."""
     quant = optional_module("onnxruntime.quantization", "int8 quantisation")
+    if mode == "weights":
+        _weights_only(pre, out, per_channel)
+        return {
+            "format": "QDQ weights only (DequantizeLinear before each Conv and Gemm; fp32 arithmetic)",
+            "activations": "float32 (not quantised)",
+            "calibration": None,
+        }
     if mode == "dynamic":
         quant.quantize_dynamic(str(pre), str(out), weight_type=quant.QuantType.QInt8, per_channel=per_channel)
         return {
@@ -118,10 +184,14 @@ def _quantize(pre: Path, out: Path, mode: str, manifest: dict, calibration, n: i
             item = next(self.items, None)
             return None if item is None else {INPUT_NAME: item}
 
+    # The softmax stays float: quantised to uint8, the probabilities would come in steps of 1/255 (p(ALL)
+    # never above 0.996 and small differences between cells lost)
+    keep_float = [n.name for n in import_onnx().load(str(pre)).graph.node if n.op_type == "Softmax"]
     quant.quantize_static(
         str(pre),
         str(out),
         Reader(),
+        nodes_to_exclude=keep_float,
         quant_format=quant.QuantFormat.QDQ,
         activation_type=quant.QuantType.QUInt8,
         weight_type=quant.QuantType.QInt8,
@@ -150,8 +220,9 @@ def quantize_onnx(
 
     ``mode="static"``: QDQ, int8 per-channel weights, uint8 activations calibrated (MinMax) on
     ``n_calibration`` cells of ``calibration`` (a :class:`~allkit.data.CellDataset` or uint8 NCHW array;
-    pick them from the training cells, never the test cells). ``mode="dynamic"``: int8 weights only, no
-    calibration. Both start from ONNX Runtime's ``quant_pre_process`` (shape inference, graph optimisation).
+    pick them from the training cells, never the test cells). ``mode="dynamic"``: int8 weights, activations
+    quantised at run time, no calibration. ``mode="weights"``: int8 weights, fp32 arithmetic (the module's docstring says when). All start
+    from ONNX Runtime's ``quant_pre_process`` (shape inference, graph optimisation).
     The result must load and run in onnxruntime, else :class:`ModelError` says that it does not (nothing is
     written then).
     """
@@ -190,7 +261,7 @@ def quantize_onnx(
             ) from err
         if probe.shape != (1, len(CLASS_NAMES)) or not np.all(np.isfinite(probe)):
             raise ModelError(f"the int8 ({mode}) model of {src.name} gives invalid output {probe!r}")
-        data = out.read_bytes()
+        data = _without_unused_opsets(out)
     record = {
         "mode": mode,
         "tool": f"onnxruntime.quantization {ort.__version__}",

@@ -59,6 +59,7 @@ def export_saved_model(
     check=None,
     threads: int | None = None,
     progress: bool = False,
+    cam: bool = False,
 ) -> ExportResult:
     """Export the fine-tuned CNN of a saved hybrid folder (``HybridClassifier.save``) to ``out``.
 
@@ -67,7 +68,8 @@ def export_saved_model(
     array; or ``"dynamic"``). If int8 quantisation fails, the fp32 model is still written and the reason is in
     ``int8_error``. ``check``: a CellDataset on which ONNX and PyTorch predictions are compared
     (:func:`check_against_pytorch`; results in ``checks``). The XGBoost stage is not exported: it stays
-    in the folder's ``xgboost.json``.
+    in the folder's ``xgboost.json``. ``cam``: the graphs also output each class's activation map
+    (:func:`~allkit.deploy.onnx_model.export_onnx`).
     """
     folder = Path(model_dir)
     refuse_overlap(out, {"the model folder": folder})  # e.g. --out MODEL/cnn.pt would replace the weights
@@ -84,6 +86,7 @@ def export_saved_model(
         crop_ratio=crop,
         opset=opset,
         source=str(folder.resolve()),
+        cam=cam,
     )
     result = ExportResult(onnx=path, manifest=read_manifest(path))
     if int8:
