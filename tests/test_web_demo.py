@@ -4,7 +4,8 @@ headless Chromium against Python on the same files.
 The page is served over HTTP from the built book (a page opened from a file may not read the model next to
 it). Its pixels must equal ``allkit.data.decode_cell``'s, its probabilities the Python ONNX predictor's on the
 same file within 1e-4, and its heatmap ``cam_heatmap`` of the Python ``cam`` output within 1e-3. The latency
-the page measures is written to ``_build/web-demo-latency.json`` beside Python's for the same file.
+the page measures is written to ``_build/web-demo-latency.json`` beside Python's for the same file. The page's
+tests build the book and open a browser: they are marked ``slow`` (``make test`` runs them, ``make test-fast`` not).
 """
 
 import functools
@@ -199,6 +200,7 @@ def _complete(build: dict) -> None:
         pytest.skip(f"the demo is incomplete in this build: {missing}")
 
 
+@pytest.mark.slow
 def test_demo_page_says_when_the_runtime_is_not_in_the_build(served, browser, built_book):
     build = (built_book / "demo" / "build.js").read_text()
     page = browser.new_page()
@@ -219,6 +221,7 @@ def test_demo_page_says_when_the_runtime_is_not_in_the_build(served, browser, bu
     page.close()
 
 
+@pytest.mark.slow
 def test_demo_page_runs_the_examples_as_python_does(demo, built_book):
     page, build, errors = demo
     _complete(build)
@@ -238,9 +241,12 @@ def test_demo_page_runs_the_examples_as_python_does(demo, built_book):
         assert np.abs(np.array(got["heatmap"]).reshape(heatmap.shape) - heatmap).max() <= 1e-3, cell["src"]
         shown = page.inner_text("#demo-call")
         assert f"P(ALL) = {probabilities[1]:.3f}" in shown
+        verdict = "right" if ("ALL" if probabilities[1] > probabilities[0] else "HEM") == cell["label"] else "wrong"
+        assert f"C-NMC labels this cell {cell['label']}: the model is {verdict} here." in shown
     assert errors == [], errors
 
 
+@pytest.mark.slow
 def test_demo_page_records_its_latency_beside_python(demo, built_book):
     page, build, _ = demo
     _complete(build)
@@ -273,6 +279,7 @@ def test_demo_page_records_its_latency_beside_python(demo, built_book):
     print("web demo latency:", record)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "huge", "grayscale", "rgba"])
 def test_demo_page_refuses_bad_pictures_with_a_message(demo, tmp_path, kind):
     from PIL import Image

@@ -277,7 +277,8 @@ for _, r in acc.iterrows():
 #   accuracy is not measured.
 #
 # That closes the path from the cells of {doc}`01_data` to a file a hospital computer can run; the
-# exercises below take the measurements further.
+# exercises below take the measurements further, and {doc}`../book/demo` runs this run's model in your
+# browser, with its heatmap.
 
 # %% [markdown]
 # ## Exercises

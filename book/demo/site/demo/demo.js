@@ -292,7 +292,7 @@
 
   function percent(x) { return (100 * x).toFixed(1) + "%"; }
 
-  async function run(blob, name) {
+  async function run(blob, name, label) {
     if (state.busy) return;
     state.busy = true;
     element("demo-result").hidden = true;
@@ -311,7 +311,8 @@
       element("demo-call").textContent =
         `${names[result.predicted]}: P(ALL) = ${result.probabilities[1].toFixed(3)}, ` +
         `P(HEM) = ${result.probabilities[0].toFixed(3)}; this call took ${result.ms.toFixed(1)} ms on this device ` +
-        `(first call after loading: ${state.firstCallMs.toFixed(1)} ms).`;
+        `(first call after loading: ${state.firstCallMs.toFixed(1)} ms).` +
+        (label ? ` C-NMC labels this cell ${label}: the model is ${names[result.predicted] === label ? "right" : "wrong"} here.` : "");
       element("demo-heat-caption").textContent = `Where the network found evidence for ${names[result.predicted]} (its class activation map).`;
       element("demo-result").hidden = false;
       state.last = { name: name, pixels: Array.from(rgb), ...result, heatmap: Array.from(result.heatmap) };
@@ -348,8 +349,8 @@
       ? `no better than always answering the larger class (balanced accuracy ${e.balanced_accuracy.toFixed(2)}; it calls ${percent(e.predicted_all)} of them ALL)`
       : `balanced accuracy ${e.balanced_accuracy.toFixed(2)} against 0.50 for always answering the larger class`;
     element("demo-facts").textContent =
-      `The model: ${m.backbone}, ${m.precision}, ${(m.bytes / 1e6).toFixed(1)} MB — ${m.source}. ` +
-      `On its ${e.cells} test cells of ${e.people} people it scores accuracy ${e.accuracy.toFixed(3)} (always ALL: ${e.majority.toFixed(3)}) and AUC ${e.auc.toFixed(3)}: ${verdict}. ` +
+      `The model: ${m.backbone}, ${(m.bytes / 1e6).toFixed(1)} MB — ${m.source}. ` +
+      `On its ${e.cells} test cells of ${e.people} people it scores accuracy ${e.accuracy.toFixed(3)} (always the larger class: ${e.majority.toFixed(3)}) and AUC ${e.auc.toFixed(3)}: ${verdict}. ` +
       "Read its answers as a demonstration of how the call is computed, not as a diagnosis.";
   }
 
@@ -375,7 +376,7 @@
         try {
           const response = await fetch(HERE + cell.src);
           if (!response.ok) throw new Error(`HTTP ${response.status}`);
-          await run(await response.blob(), cell.src.split("/").pop());
+          await run(await response.blob(), cell.src.split("/").pop(), cell.label);
         } catch (err) {
           say(location.protocol === "file:"
             ? "This page was opened from a file, and browsers do not let such a page read the files next to it. Serve the book over HTTP (python -m http.server -d _build/html) and open it from there."
