@@ -148,6 +148,15 @@ def test_page_in_a_real_browser(built_book, browser, page_name):
         f"{page_name}: exercise titles {layout['exercises']}"
     )
     HEIGHTS[page_name] = layout["height"]
+    equations = page.locator(".math").count()
+    if equations:  # rendered by the book's own MathJax (no CDN here), each one, without a TeX error
+        assert page.evaluate("Array.from(document.scripts).some(s => /_static\\/mathjax\\//.test(s.src))"), page_name
+        page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
+        page.evaluate("MathJax.startup.promise")
+        rendered = page.evaluate(
+            "[document.querySelectorAll('mjx-container').length, document.querySelectorAll('mjx-merror').length]"
+        )
+        assert rendered == [equations, 0], f"{page_name}: {equations} equations, rendered/errors {rendered}"
     if page_name.startswith("notebooks/"):
         figures = page.evaluate(
             "Array.from(document.querySelectorAll('.cell_output img')).filter(i => i.naturalWidth > 100).length"

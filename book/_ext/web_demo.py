@@ -1,4 +1,4 @@
-"""Puts the in-browser demo's runtime and example cells into the built book (the page: book/demo.md).
+"""Puts the in-browser demo's runtime and example cells into the built book (the page: book/demo.md), and MathJax.
 
 The page's code and model are committed in ``book/demo/site/demo/`` and copied to ``demo/`` of the built book at
 the end of every build (not from a Sphinx static path: jupyter-book would load every script there on every page,
@@ -29,13 +29,14 @@ from sphinx.util import logging
 logger = logging.getLogger(__name__)
 
 ORT_FILES = ("ort.wasm-core.min.js", "ort-wasm-simd.wasm")
+MATHJAX = "es5/tex-mml-chtml.js"  # Sphinx's default, from the CDN
 
 
 def install_runtime(demo: Path) -> tuple[Path | None, str]:
-    """``node_modules/onnxruntime-web/dist`` with the page's files, installing it with ``npm ci`` if needed,
-    or ``None`` and why not."""
+    """``node_modules/onnxruntime-web/dist`` with the page's files (and MathJax beside it), installing them with
+    ``npm ci`` if needed, or ``None`` and why not."""
     dist = demo / "node_modules" / "onnxruntime-web" / "dist"
-    if all((dist / name).is_file() for name in ORT_FILES):
+    if all((dist / name).is_file() for name in ORT_FILES) and (demo / "node_modules" / "mathjax" / MATHJAX).is_file():
         return dist, ""
     npm = shutil.which("npm")
     if npm is None:
@@ -85,6 +86,21 @@ def copy_examples(facts: dict, root: Path, out: Path) -> tuple[list, str]:
     return copied, why
 
 
+def builder_inited(app) -> None:
+    """Install the npm packages before any page is written, and point the pages at the local MathJax."""
+    app.allkit_npm = install_runtime(Path(app.srcdir) / "book" / "demo")
+    if app.allkit_npm[0] is not None and app.builder.format == "html":
+        app.config.mathjax_path = "mathjax/" + Path(MATHJAX).name
+
+
+def copy_mathjax(modules: Path, static: Path) -> None:
+    source = modules / "mathjax" / MATHJAX
+    target = static / "mathjax"
+    fonts = Path("output") / "chtml" / "fonts" / "woff-v2"  # where tex-mml-chtml.js looks, beside itself
+    shutil.copytree(source.parent / fonts, target / fonts, dirs_exist_ok=True)
+    shutil.copyfile(source, target / source.name)
+
+
 def build_finished(app, exception) -> None:
     if exception is not None or app.builder.format != "html":
         return
@@ -95,9 +111,10 @@ def build_finished(app, exception) -> None:
     for path in (demo / "site" / "demo").iterdir():
         shutil.copyfile(path, static / path.name)
     facts = json.loads((demo / "demo.json").read_text())
-    dist, why_no_ort = install_runtime(demo)
+    dist, why_no_ort = getattr(app, "allkit_npm", None) or install_runtime(demo)
     ort = None
     if dist is not None:
+        copy_mathjax(demo / "node_modules", Path(app.outdir) / "_static")
         (static / "ort").mkdir(exist_ok=True)
         for name in ORT_FILES:
             shutil.copyfile(dist / name, static / "ort" / name)
@@ -131,5 +148,6 @@ def build_finished(app, exception) -> None:
 
 
 def setup(app):
+    app.connect("builder-inited", builder_inited)
     app.connect("build-finished", build_finished)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
