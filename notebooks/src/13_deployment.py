@@ -88,7 +88,7 @@ import pandas as pd
 
 columns = ["n", "agreement", "max_abs_diff", "mean_abs_diff", "accuracy_onnx",
            "accuracy_pytorch"]
-checks = pd.DataFrame(result.checks).T[columns]
+checks = pd.DataFrame(result.checks).T[columns].astype({"n": int})
 checks.index.name = "ONNX model"
 data = "SYNTHETIC" if card["synthetic"] else "real C-NMC"
 print(f"Test cells of the {card['profile']} profile ({data}), ONNX Runtime on the CPU, "
@@ -99,8 +99,8 @@ checks.round(6)
 # The fp32 file computes the same arithmetic as PyTorch in a different order, so its probabilities differ
 # only by float rounding, far below anything that could flip a decision. The int8 file is a different,
 # approximate model: weights are stored as 8-bit integers (one scale per output channel), and the
-# activations between layers are rounded to 256 levels whose range was measured on the calibration cells.
-# Its agreement with PyTorch and its accuracy are what decide whether it can be used, and they have to be
+# activations between layers are rounded to 256 levels whose range was measured on the calibration cells
+# (the final softmax stays float, so the probabilities are not rounded to steps of 1/255). Its agreement with PyTorch and its accuracy are what decide whether it can be used, and they have to be
 # checked for every new model: a cell near the 0.5 threshold can flip.
 #
 # The accuracies in the table are of the CNN alone. The paper reports one for its CNN alone too
@@ -251,6 +251,9 @@ for _, r in acc.iterrows():
 #   compare its latency with fp32 in the printout. How faithful it is varies from model to model and from
 #   cell to cell, so it too needs the agreement check. It is shown so that nobody picks it just because it is
 #   the easiest to call.
+# - **int8 weights, fp32 arithmetic** (`quantize_onnx(..., mode="weights")`, not timed here): the file of
+#   the static copy with the arithmetic of fp32, so every ONNX Runtime build computes the same numbers, which
+#   integer kernels do not promise. The in-browser demo after this chapter uses it.
 # - **Which backbone.** Compare the `size_mb` and latency columns: VGG16's three huge fully connected
 #   layers make it the largest file by far, and its thirteen full-width convolutions the slowest; the
 #   EfficientNets and ResNet-18 are much smaller.
