@@ -14,6 +14,7 @@ import http.server
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import threading
 import time
@@ -96,6 +97,20 @@ def test_build_without_npm_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(web_demo.shutil, "which", lambda name: None)
     dist, why = web_demo.install_runtime(tmp_path)
     assert dist is None and "npm is not installed" in why
+
+
+@pytest.mark.slow
+def test_build_without_the_registry_says_why_in_one_line(tmp_path, monkeypatch):
+    """No network: npm ci fails within seconds and the reason names npm's error code, not this machine's paths."""
+    if not shutil.which("npm"):
+        pytest.skip("npm is not installed")
+    for name in ("package.json", "package-lock.json"):
+        shutil.copyfile(ROOT / "book" / "demo" / name, tmp_path / name)
+    monkeypatch.setenv("npm_config_registry", "http://127.0.0.1:9/")  # a closed port
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "npm-cache"))
+    dist, why = _extension().install_runtime(tmp_path)
+    assert dist is None and why.startswith("npm ci could not install onnxruntime-web (code E"), why
+    assert str(tmp_path) not in why and "/" not in why
 
 
 def test_build_copies_only_the_example_cells_it_can_vouch_for(tmp_path, monkeypatch):

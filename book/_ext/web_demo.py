@@ -41,14 +41,18 @@ def install_runtime(demo: Path) -> tuple[Path | None, str]:
     npm = shutil.which("npm")
     if npm is None:
         return None, "npm is not installed where this book was built, so onnxruntime-web could not be installed"
-    command = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
+    # Offline, npm would retry for minutes before giving up: one retry, one minute per request
+    command = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error", "--fetch-retries=1"]
+    command += ["--fetch-timeout=60000"]
     try:
         done = subprocess.run(command, cwd=demo, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as err:
         return None, f"npm ci failed ({err})"
     if done.returncode != 0 or not all((dist / name).is_file() for name in ORT_FILES):
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        return None, f"npm ci could not install onnxruntime-web ({last})"
+        # npm's "code" line names the failure (ECONNREFUSED: no registry); other lines hold this machine's paths
+        lines = done.stderr.strip().splitlines()
+        code = next((line.removeprefix("npm error ") for line in lines if line.startswith("npm error code")), None)
+        return None, f"npm ci could not install onnxruntime-web ({code or f'exit status {done.returncode}'})"
     return dist, ""
 
 
