@@ -448,3 +448,18 @@ def test_deployable_model_is_softmax_of_the_cnn(lite):
         )
         got = DeployableModel(lite, LITE_NORM)(x)
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_report_cache_is_keyed_on_the_deploy_code_and_runtime(monkeypatch):
+    """A cached report is of the code that measured it: another exporter or quantiser, or another onnxruntime,
+    measures again (a report cached before the static int8 softmax became float kept the old file's numbers)."""
+    from allkit.deploy import report
+
+    settings = {"backbones": ["resnet18"], "image_size": 224}
+    key = report._cache_key(settings, {})
+    assert key == report._cache_key(settings, {}) and key["versions"]["onnxruntime"]
+    monkeypatch.setattr(report, "_code_digest", lambda: "other code")
+    assert report._cache_key(settings, {}) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(report, "library_versions", lambda: {"torch": "1", "onnxruntime": "0.0", "onnx": "1"})
+    assert report._cache_key(settings, {}) != key

@@ -2,6 +2,7 @@
 what ``benchmarks/deploy.py`` and the book's chapter 12 print."""
 
 import contextlib
+import hashlib
 import os
 import platform
 import tempfile
@@ -137,8 +138,18 @@ def _sample_input(test: CellDataset | None, size: int, n: int) -> np.ndarray:
     return test.__getitems__([i % len(test) for i in range(n)])[0].numpy().astype(np.float32) / 255.0
 
 
+def _code_digest() -> str:
+    """sha256 of this package's sources: a cached report measured other code once a quantiser or an exporter
+    changes (a report cached before the static int8 softmax became float kept showing the old file)."""
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def _cache_key(settings: dict, models: Mapping) -> dict:
-    key = {**settings, "models": {}}
+    versions = {k: v for k, v in library_versions().items() if k in ("torch", "onnxruntime", "onnx")}
+    key = {**settings, "code": _code_digest(), "versions": versions, "models": {}}
     for name, folder in sorted(models.items()):
         cnn = Path(folder) / "cnn.pt"
         key["models"][name] = sha256_file(cnn) if cnn.is_file() else str(folder)
