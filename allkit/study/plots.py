@@ -4,7 +4,8 @@ Conventions: every function returns the :class:`matplotlib.figure.Figure` it dre
 ``plt.show()``, labels every axis and sets a title. Single-panel functions take ``ax=None`` (draw on a
 new figure) or an existing Axes; multi-panel ones take ``axes=None`` or a sequence of Axes. Figures
 are made with ``pyplot`` so notebooks show them automatically; in scripts, :func:`save_figure` then
-``plt.close(fig)``. Colours: HEM blue, ALL red, everywhere.
+``plt.close(fig)``. Colours: HEM blue, ALL red, everywhere (:mod:`allkit.study.figure_style`). The figures
+of cells (FIG 1, Grad-CAM) are in :mod:`allkit.study.cell_plots` and can be imported from here too.
 """
 
 import os
@@ -16,19 +17,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from sklearn.metrics import confusion_matrix
 
-from allkit import transforms
 from allkit.constants import CLASS_NAMES, LABEL_ALL, LABEL_HEM
 from allkit.errors import DataError
-from allkit.explain import GradCamResult, gradcam
 from allkit.files import atomic_file
 from allkit.metrics import check_inputs
 from allkit.study.calibration import expected_calibration_error, reliability_curve
+from allkit.study.cell_plots import (
+    plot_gradcam,
+    plot_gradcam_comparison,
+    plot_gradcam_grid,
+    plot_gradcam_result,
+    plot_sample_grid,
+)
+from allkit.study.figure_style import CLASS_COLORS, new_axes, new_axes_row
 
 __all__ = [
     "CLASS_COLORS",
@@ -46,27 +52,6 @@ __all__ = [
     "plot_gradcam_result",
     "save_figure",
 ]
-
-#: One colour per class, indexed by label (HEM = 0, ALL = 1).
-CLASS_COLORS = ("#1f77b4", "#d62728")
-CLASS_LONG_NAMES = ("HEM (normal)", "ALL (malignant)")
-
-
-def _new_axes(ax, figsize=(6, 4.5)):
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
-        return fig, ax
-    return ax.figure, ax
-
-
-def _new_axes_row(axes, n, figsize):
-    if axes is None:
-        fig, axes = plt.subplots(1, n, figsize=figsize, layout="constrained", squeeze=False)
-        return fig, list(axes[0])
-    axes = list(np.ravel(axes))
-    if len(axes) < n:
-        raise DataError(f"got {len(axes)} Axes: expected at least {n} for this figure")
-    return axes[0].figure, axes[:n]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,7 +74,7 @@ def plot_training_curves(history, axes=None, title: str = "EfficientNet-B0 fine-
             "train_acc (val_loss, val_acc optional)"
         )
     df = df.sort_values("epoch")
-    fig, (ax_loss, ax_acc) = _new_axes_row(axes, 2, (11, 4.2))
+    fig, (ax_loss, ax_acc) = new_axes_row(axes, 2, (11, 4.2))
     for ax, key, label in ((ax_loss, "loss", "Cross-entropy loss"), (ax_acc, "acc", "Accuracy")):
         ax.plot(df["epoch"], df[f"train_{key}"].astype(float), marker="o", label="train")
         val_key = f"val_{key}"
@@ -142,7 +127,7 @@ def plot_xgb_curves(
         metrics += [m for m in per_metric if m not in metrics]
     order = {m: i for i, m in enumerate(("error", "merror", "auc"))}
     metrics.sort(key=lambda m: order.get(m, len(order)))
-    fig, axs = _new_axes_row(axes, len(metrics), (5.5 * len(metrics), 4.2))
+    fig, axs = new_axes_row(axes, len(metrics), (5.5 * len(metrics), 4.2))
     for ax, metric in zip(axs, metrics, strict=True):
         for set_name, per_metric in evals_result.items():
             if metric in per_metric:
@@ -198,7 +183,7 @@ def plot_confusion_matrix(
         values = cm
         annot = np.array([[f"{counts[i, j]}" for j in range(2)] for i in range(2)])
         cbar_label = "Number of cells"
-    fig, ax = _new_axes(ax, figsize=(5, 4.2))
+    fig, ax = new_axes(ax, figsize=(5, 4.2))
     sns.heatmap(
         values,
         annot=annot,
@@ -215,157 +200,6 @@ def plot_confusion_matrix(
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     ax.set_title(title if normalize is None else f"{title} (normalised by true class)")
-    return fig
-
-
-# --------------------------------------------------------------------------------------------------
-# image grids (FIG 1, Grad-CAM)
-# --------------------------------------------------------------------------------------------------
-def _to_display(image: Any, denormalize: bool = False) -> np.ndarray:
-    """An image as float HxWx3 in [0, 1] for display (uint8 HWC, float HWC, or CHW tensor/array)."""
-    if hasattr(image, "detach"):
-        image = image.detach().cpu().numpy()
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3:
-        raise DataError(f"image has shape {arr.shape}: expected HxWx3 (uint8) or 3xHxW (tensor)")
-    if arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):  # CHW -> HWC
-        arr = np.transpose(arr, (1, 2, 0))
-    if arr.shape[-1] not in (1, 3):
-        raise DataError(f"image has shape {arr.shape}: expected 1 or 3 channels (HxWx3 or 3xHxW)")
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    arr = arr.astype(np.float32)
-    if denormalize:  # from the ImageNet-normalised network input back to [0, 1]
-        arr = transforms.denormalize(torch.from_numpy(arr).permute(2, 0, 1)).permute(1, 2, 0).numpy()
-    elif arr.min() < 0 or arr.max() > 1:
-        if arr.max() <= 255 and arr.min() >= 0:
-            arr = arr / 255.0
-        else:  # e.g. an ImageNet-normalised tensor shown without denormalize=True: stretch for display
-            arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-12)
-    return np.clip(arr, 0.0, 1.0)
-
-
-def _check_label_list(labels, n, name="labels") -> list[int]:
-    if hasattr(labels, "detach"):
-        labels = labels.detach().cpu().numpy()
-    labels = [int(v) for v in np.asarray(labels).ravel()]
-    if len(labels) != n:
-        raise DataError(f"{name} has {len(labels)} entries but there are {n} images: expected equal lengths")
-    bad = sorted({v for v in labels if v not in (LABEL_HEM, LABEL_ALL)})
-    if bad:
-        raise DataError(f"{name} has label(s) {bad}: expected only 0 (HEM) or 1 (ALL)")
-    return labels
-
-
-def _image_axes(ax, xlabel: str, ylabel: str = "", color: str | None = None) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_xlabel(xlabel, fontsize=8)
-    if ylabel:
-        ax.set_ylabel(ylabel, color=color or "black")
-    if color is not None:
-        for spine in ax.spines.values():
-            spine.set_edgecolor(color)
-            spine.set_linewidth(2)
-
-
-def plot_sample_grid(
-    images: Sequence[Any],
-    labels,
-    n_per_class: int = 4,
-    titles: Sequence[str] | None = None,
-    denormalize: bool = False,
-    title: str = "C-NMC 2019 cell images",
-) -> Figure:
-    """Example cells, one row per class (HEM first, then ALL) -- the paper's FIG 1.
-
-    ``images`` are uint8 HxWx3 arrays or CHW tensors/arrays (float in [0, 1]; pass
-    ``denormalize=True`` for ImageNet-normalised tensors). The first ``n_per_class`` images of each
-    class are shown; ``titles`` (one per image) become the captions under the images (default:
-    ``"<class> #<index>"``). Each row's first image carries the class name as its y label.
-    """
-    images = list(images)
-    if not images:
-        raise DataError("images is empty: expected at least one image")
-    labels = _check_label_list(labels, len(images))
-    if titles is not None and len(titles) != len(images):
-        raise DataError(f"titles has {len(titles)} entries but there are {len(images)} images: expected equal")
-    if not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
-        raise DataError(f"n_per_class={n_per_class!r}: expected a positive integer")
-    fig, axes = plt.subplots(2, n_per_class, figsize=(2.2 * n_per_class, 5.0), squeeze=False, layout="constrained")
-    for row, label in enumerate((LABEL_HEM, LABEL_ALL)):
-        chosen = [i for i, v in enumerate(labels) if v == label][:n_per_class]
-        for col in range(n_per_class):
-            ax = axes[row, col]
-            ylabel = CLASS_LONG_NAMES[label] if col == 0 else ""
-            if col < len(chosen):
-                i = chosen[col]
-                ax.imshow(_to_display(images[i], denormalize))
-                caption = titles[i] if titles is not None else f"{CLASS_NAMES[label]} #{i}"
-                _image_axes(ax, caption, ylabel, CLASS_COLORS[label])
-            else:
-                ax.text(0.5, 0.5, "no image", ha="center", va="center", transform=ax.transAxes, color="grey")
-                _image_axes(ax, "(none)", ylabel)
-    fig.suptitle(title)
-    return fig
-
-
-def plot_gradcam_grid(
-    images: Sequence[Any],
-    heatmaps: Sequence[Any],
-    labels,
-    preds=None,
-    image_weight: float = 0.5,
-    denormalize: bool = False,
-    title: str = "Grad-CAM",
-) -> Figure:
-    """Each image next to its Grad-CAM overlay (one row per image).
-
-    ``heatmaps`` are HxW arrays in [0, 1] matching each image's size (from :mod:`allkit.explain`);
-    the overlay is ``pytorch_grad_cam.utils.image.show_cam_on_image`` on the image as float [0, 1]
-    RGB. Row captions give the true class and, when ``preds`` is given, the predicted class.
-    """
-    from pytorch_grad_cam.utils.image import show_cam_on_image  # imports torch/cv2: only when needed
-
-    images = list(images)
-    heatmaps = list(heatmaps)
-    if not images:
-        raise DataError("images is empty: expected at least one image")
-    if len(heatmaps) != len(images):
-        raise DataError(f"heatmaps has {len(heatmaps)} entries but images has {len(images)}: expected equal")
-    labels = _check_label_list(labels, len(images))
-    preds = None if preds is None else _check_label_list(preds, len(images), "preds")
-    n = len(images)
-    fig, axes = plt.subplots(n, 2, figsize=(5.0, 2.5 * n), squeeze=False, layout="constrained")
-    for i, (image, heat) in enumerate(zip(images, heatmaps, strict=True)):
-        rgb = _to_display(image, denormalize)
-        if hasattr(heat, "detach"):
-            heat = heat.detach().cpu().numpy()
-        heat = np.asarray(heat, dtype=np.float32)
-        heat = np.squeeze(heat) if heat.ndim > 2 else heat
-        if heat.shape != rgb.shape[:2]:
-            raise DataError(f"heatmap {i} has shape {heat.shape}: expected {rgb.shape[:2]} (the size of image {i})")
-        if np.isnan(heat).any() or heat.min() < 0 or heat.max() > 1:
-            raise DataError(f"heatmap {i} has values outside [0, 1] or NaN: expected a normalised Grad-CAM map")
-        overlay = show_cam_on_image(rgb, heat, use_rgb=True, image_weight=image_weight)
-        true_name = CLASS_NAMES[labels[i]]
-        caption = f"true {true_name}"
-        color = CLASS_COLORS[labels[i]]
-        if preds is not None:
-            caption += f", predicted {CLASS_NAMES[preds[i]]}"
-            color = "green" if preds[i] == labels[i] else "orange"
-        axes[i, 0].imshow(rgb)
-        _image_axes(axes[i, 0], "original", caption, color)
-        axes[i, 1].imshow(overlay)
-        _image_axes(axes[i, 1], "Grad-CAM overlay", caption, color)
-        if i == 0:
-            axes[i, 0].set_title("Image")
-            axes[i, 1].set_title("Grad-CAM")
-    fig.suptitle(title)
     return fig
 
 
@@ -396,7 +230,7 @@ def plot_backbone_comparison(
         low = df["low"].to_numpy(float)
         high = df["high"].to_numpy(float)
         yerr = np.vstack([np.clip(values - low, 0, None), np.clip(high - values, 0, None)])
-    fig, ax = _new_axes(ax, figsize=(max(5.0, 1.1 * len(names) + 2), 4.2))
+    fig, ax = new_axes(ax, figsize=(max(5.0, 1.1 * len(names) + 2), 4.2))
     palette = sns.color_palette("deep", len(names))
     bars = ax.bar(names, values, yerr=yerr, capsize=4 if yerr is not None else 0, color=palette)
     ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=3, fontsize=8)
@@ -419,7 +253,7 @@ def plot_reliability(
     """
     curve = reliability_curve(y_true, y_prob, n_bins=n_bins, strategy=strategy)
     ece = expected_calibration_error(y_true, y_prob, n_bins=n_bins, strategy=strategy)
-    fig, ax = _new_axes(ax, figsize=(5, 5))
+    fig, ax = new_axes(ax, figsize=(5, 5))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
     ax.plot(curve["mean_predicted"], curve["fraction_positive"], marker="o", label="model")
     ax.set_xlim(0, 1)
@@ -454,7 +288,7 @@ def plot_patient_level(
     if threshold is None:
         threshold = 0.5 if value == "frac_pred_all" else float(df.attrs.get("threshold", 0.5))
     d = df.sort_values(value).reset_index(drop=True)
-    fig, ax = _new_axes(ax, figsize=(max(6.0, 0.3 * len(d) + 2), 4.2))
+    fig, ax = new_axes(ax, figsize=(max(6.0, 0.3 * len(d) + 2), 4.2))
     colors = [CLASS_COLORS[int(v)] for v in d["label"]]
     ax.bar(np.arange(len(d)), d[value].to_numpy(float), color=colors)
     ax.axhline(threshold, color="black", linestyle="--", linewidth=1)
@@ -512,7 +346,7 @@ def plot_reliability_comparison(
     """
     if not isinstance(probas, Mapping) or not probas:
         raise DataError("probas must be a non-empty mapping {name: probabilities of ALL}")
-    fig, ax = _new_axes(ax, figsize=(5.5, 5.5))
+    fig, ax = new_axes(ax, figsize=(5.5, 5.5))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
     palette = sns.color_palette("deep", len(probas))
     for color, (name, prob) in zip(palette, probas.items(), strict=True):
@@ -538,66 +372,6 @@ def plot_reliability_comparison(
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     return fig
-
-
-# --------------------------------------------------------------------------------------------------
-# Grad-CAM: two targets on the same cells
-# --------------------------------------------------------------------------------------------------
-def plot_gradcam_comparison(
-    first,
-    second,
-    titles: tuple[str, str] = ("target 1", "target 2"),
-    image_weight: float = 0.5,
-    title: str = "Grad-CAM, two targets",
-) -> Figure:
-    """Each cell, then its Grad-CAM overlay for two targets side by side (one row per cell).
-
-    ``first`` and ``second`` are :class:`allkit.explain.GradCamResult` of the same images (e.g. ImageNet
-    class 181, as the authors' code asked, and the cell's true class).
-    """
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
-    if len(first) == 0 or len(first) != len(second):
-        raise DataError(
-            f"expected two Grad-CAM results of the same non-empty set of images, got {len(first)} "
-            f"and {len(second)} images"
-        )
-    if not np.array_equal(first.images, second.images):
-        raise DataError("the two Grad-CAM results explain different images: expected the same cells")
-    labels = first.labels if first.labels is not None else second.labels
-    n = len(first)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False, layout="constrained")
-    for i in range(n):
-        rgb = first.images[i].astype(np.float32) / 255.0
-        caption = f"true {CLASS_NAMES[labels[i]]}" if labels is not None else ""
-        axes[i, 0].imshow(first.images[i])
-        _image_axes(axes[i, 0], "original", caption)
-        for column, result in ((1, first), (2, second)):
-            overlay = show_cam_on_image(rgb, result.heatmaps[i], use_rgb=True, image_weight=image_weight)
-            axes[i, column].imshow(overlay)
-            _image_axes(axes[i, column], f"explains class {result.targets[i]}", caption)
-        if i == 0:
-            axes[i, 0].set_title("Cell")
-            axes[i, 1].set_title(titles[0])
-            axes[i, 2].set_title(titles[1])
-    fig.suptitle(title)
-    return fig
-
-
-def plot_gradcam_result(result: GradCamResult, title: str = "Grad-CAM", **kwargs) -> Figure:
-    """:func:`plot_gradcam_grid` of a :func:`allkit.explain.gradcam` result: each cell next to its map,
-    framed green where the CNN's own prediction was right and orange where it was wrong."""
-    if result.labels is None:
-        raise DataError("this Grad-CAM result has no true labels: pass labels= to gradcam()")
-    preds = result.predictions if set(result.predictions) <= {LABEL_HEM, LABEL_ALL} else None
-    return plot_gradcam_grid(
-        list(result.images), list(result.heatmaps), result.labels, preds=preds, title=title, **kwargs
-    )
-
-
-def plot_gradcam(model, backbone, images, labels, *, normalize=True, target="true", title="Grad-CAM") -> Figure:
-    """Grad-CAM of ``model`` for uint8 ``images`` [B, 3, H, W] (the true class by default), as a figure."""
-    return plot_gradcam_result(gradcam(model, backbone, images, target, labels, normalize=normalize), title=title)
 
 
 def save_run_figures(run) -> dict[str, Path]:
