@@ -323,3 +323,10 @@ def test_demo_page_refuses_bad_pictures_with_a_message(demo, tmp_path, kind):
     assert expected[kind] in got.get("error", ""), got
     assert expected[kind] in page.inner_text("#demo-message")
     assert page.evaluate("1 + 1") == 2  # the tab still answers
+
+
+def test_cam_of_a_model_without_the_layer_is_one_model_error(tmp_path):
+    model = build_model("resnet18").eval()
+    model.layer4 = torch.nn.Identity()  # the Grad-CAM layer layer4.1 is gone
+    with pytest.raises(ModelError, match="has no layer 'layer4.1'"):
+        export_onnx(model, "resnet18", tmp_path / "r.onnx", image_size=32, cam=True)

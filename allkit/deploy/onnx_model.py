@@ -193,7 +193,13 @@ def cam_parts(model: nn.Module, backbone, image_size: int) -> tuple[nn.Module, n
     """The Grad-CAM layer and the linear head of ``model``, checked to form a pooled-linear pair (see the
     module's docstring): :class:`ModelError` for a network where the CAM would not be exact."""
     spec = get_backbone(backbone)
-    layer, linear = model.get_submodule(spec.gradcam_layer), head(model, spec.name)
+    try:
+        layer = model.get_submodule(spec.gradcam_layer)
+    except AttributeError as err:
+        raise ModelError(
+            f"the model has no layer {spec.gradcam_layer!r}: not a {spec.name} built by build_model"
+        ) from err
+    linear = head(model, spec.name)
     with torch.inference_mode():
         probe = DeployableModel(model, False, layer, linear)
         x = torch.from_numpy(random_input(image_size, 1))
