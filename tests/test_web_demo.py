@@ -195,11 +195,16 @@ def _wait(page, name: str) -> dict:
     return page.evaluate("window.allkitDemo.last")
 
 
+@functools.cache
+def _predictor() -> OnnxPredictor:
+    return OnnxPredictor(MODEL, threads=1)
+
+
 def _python(path: Path):
     from allkit.data import read_cell
 
     pixels = read_cell(path)
-    predictor = OnnxPredictor(MODEL, threads=1)
+    predictor = _predictor()
     x = pixels.transpose(2, 0, 1)[None]
     probabilities = predictor.predict_proba(x)[0]
     maps = predictor.class_activation_maps(x)[0]
@@ -276,7 +281,7 @@ def test_demo_page_records_its_latency_beside_python(demo, built_book):
     from allkit.data import read_cell
 
     x = read_cell(built_book / "demo" / build["examples"][0]["src"]).transpose(2, 0, 1)[None]
-    predictor = OnnxPredictor(MODEL, threads=1)
+    predictor = _predictor()
     predictor.predict_proba(x)
     calls = []
     for _ in range(10):

@@ -173,20 +173,14 @@ class DeployableModel(nn.Module):
 
 
 def cam_heatmap(cam: np.ndarray, size: int) -> np.ndarray:
-    """One class's activation map ``[h, w]`` as pytorch-grad-cam draws it: keep the positive part, scale to
-    [0, 1], resize bilinearly to ``size`` x ``size`` (OpenCV's ``INTER_LINEAR``: pixel centres aligned, edges
-    repeated), scale to [0, 1] again. The book's demo page computes the same in JavaScript."""
-    cam = np.maximum(np.asarray(cam, np.float64), 0)
-    cam = cam - cam.min()
-    cam = cam / (1e-7 + cam.max())
-    for axis, n in ((0, cam.shape[0]), (1, cam.shape[1])):
-        where = np.clip((np.arange(size) + 0.5) * (n / size) - 0.5, 0, n - 1)
-        low = np.floor(where).astype(int)
-        high = np.minimum(low + 1, n - 1)
-        frac = (where - low).reshape((-1, 1) if axis == 0 else (1, -1))
-        cam = np.take(cam, low, axis) * (1 - frac) + np.take(cam, high, axis) * frac
-    cam = cam - cam.min()
-    return (cam / (1e-7 + cam.max())).astype(np.float32)
+    """One class's activation map ``[h, w]`` drawn as Grad-CAM draws its map (pytorch-grad-cam's own
+    ``scale_cam_image``, twice as ``GradCAM`` does): the positive part scaled to [0, 1], resized bilinearly
+    to ``size`` x ``size`` (OpenCV), scaled to [0, 1] again. The book's demo page computes the same in
+    JavaScript."""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    positive = np.maximum(np.asarray(cam, np.float32), 0)[None]
+    return scale_cam_image(scale_cam_image(positive, (size, size)))[0]
 
 
 def cam_parts(model: nn.Module, backbone, image_size: int) -> tuple[nn.Module, nn.Linear]:

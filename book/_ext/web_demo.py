@@ -115,7 +115,7 @@ def build_finished(app, exception) -> None:
     for path in (demo / "site" / "demo").iterdir():
         shutil.copyfile(path, static / path.name)
     facts = json.loads((demo / "demo.json").read_text())
-    dist, why_no_ort = getattr(app, "allkit_npm", None) or install_runtime(demo)
+    dist, why_no_ort = app.allkit_npm  # installed when the builder started
     ort = None
     if dist is not None:
         copy_mathjax(demo / "node_modules", Path(app.outdir) / "_static")

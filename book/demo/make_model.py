@@ -47,11 +47,9 @@ def pick_examples(frame, data_root: Path) -> list[dict]:
 
 
 def main() -> int:
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
-
     from allkit.deploy import OnnxPredictor, export_saved_model, manifest_path, read_manifest
     from allkit.files import write_json
+    from allkit.metrics import evaluate
     from allkit.study.book import setup
 
     ctx = setup("13_deployment", "sample", download=False)
@@ -82,14 +80,14 @@ def main() -> int:
     labels = test.labels.numpy()
     probabilities = OnnxPredictor(MODEL).predict_proba(test)
     predicted = probabilities.argmax(1)
-    recall = [float((predicted[labels == c] == c).mean()) for c in (0, 1)]
+    scores = evaluate(labels, predicted, probabilities[:, 1], test.frame.subject)
     evaluation = {
-        "cells": int(len(labels)),
-        "people": int(test.frame.subject.nunique()),
-        "accuracy": float((predicted == labels).mean()),
-        "balanced_accuracy": float(np.mean(recall)),
+        "cells": scores["n"],
+        "people": scores["n_subjects"],
+        "accuracy": scores["accuracy"],
+        "balanced_accuracy": scores["balanced_accuracy"],
         "majority": float(max(labels.mean(), 1 - labels.mean())),
-        "auc": float(roc_auc_score(labels, probabilities[:, 1])),
+        "auc": scores["roc_auc"],
         "predicted_all": float(predicted.mean()),
         "what": "the int8 model of this page on the run's test cells (fold 2)",
     }

@@ -13,6 +13,7 @@
   const MAX_SIDE = 4096; // pixels a side: a C-NMC cell picture is 450
   const MAX_BYTES = 50e6;
   const PRECISION_BITS = 22; // Pillow's: 32 - 8 - 2
+  const FROM_A_FILE = "This page was opened from a file, and browsers do not let such a page read the files next to it. Serve the book over HTTP (python -m http.server -d _build/html) and open it from there.";
 
   const state = { session: null, loading: null, firstCallMs: null, last: null, busy: false };
   window.allkitDemo = state; // the browser test reads the last result here
@@ -258,7 +259,7 @@
         state.loading = null;
         const local = location.protocol === "file:";
         throw new Refused(local
-          ? "This page was opened from a file, and browsers do not let such a page read the model next to it. Serve the book over HTTP (python -m http.server -d _build/html) and open it from there."
+          ? FROM_A_FILE
           : `The model could not be loaded (${err.message || err}).`);
       });
     return state.loading;
@@ -379,7 +380,7 @@
           await run(await response.blob(), cell.src.split("/").pop(), cell.label);
         } catch (err) {
           say(location.protocol === "file:"
-            ? "This page was opened from a file, and browsers do not let such a page read the files next to it. Serve the book over HTTP (python -m http.server -d _build/html) and open it from there."
+            ? FROM_A_FILE
             : `The example could not be read (${err.message || err}).`, "error");
         }
       });
