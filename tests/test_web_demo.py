@@ -14,6 +14,7 @@ import http.server
 import importlib.util
 import json
 import os
+import re
 import shutil
 import statistics
 import threading
@@ -262,7 +263,10 @@ def test_demo_page_runs_the_examples_as_python_does(demo, built_book):
         assert np.abs(np.array(got["probabilities"]) - probabilities).max() <= 1e-4, cell["src"]
         assert np.abs(np.array(got["heatmap"]).reshape(heatmap.shape) - heatmap).max() <= 1e-3, cell["src"]
         shown = page.inner_text("#demo-call")
-        assert f"P(ALL) = {probabilities[1]:.3f}" in shown
+        # the page prints with JavaScript's toFixed, which rounds a binary halfway case unlike Python's format:
+        # the printed number is checked to within its last digit's rounding
+        printed = float(re.search(r"P\(ALL\) = (\d\.\d{3})", shown).group(1))
+        assert abs(printed - probabilities[1]) <= 0.0005 + 1e-4, shown
         verdict = "right" if ("ALL" if probabilities[1] > probabilities[0] else "HEM") == cell["label"] else "wrong"
         assert f"C-NMC labels this cell {cell['label']}: the model is {verdict} here." in shown
     assert errors == [], errors
@@ -279,7 +283,8 @@ def test_demo_page_records_its_latency_beside_python(demo, built_book):
     page.wait_for_function("window.allkitDemo.timing && !window.allkitDemo.busy", timeout=120_000)
     timing = page.evaluate("window.allkitDemo.timing")
     assert len(timing["calls"]) == 10 and timing["median"] > 0
-    assert f"Median of 10 calls: {timing['median']:.1f} ms" in page.inner_text("#demo-timing")
+    printed = float(re.search(r"Median of 10 calls: (\d+\.\d) ms", page.inner_text("#demo-timing")).group(1))
+    assert abs(printed - timing["median"]) <= 0.05 + 1e-9  # toFixed(1) of the median it measured
     from allkit.data import read_cell
 
     x = read_cell(built_book / "demo" / build["examples"][0]["src"]).transpose(2, 0, 1)[None]
